@@ -1,0 +1,285 @@
+/**
+ * The contract between the TypeScript layers and the C++ addon in `src-native/`.
+ *
+ * The addon is deliberately policy-free: it issues KVM ioctls, runs one native thread per vCPU,
+ * maps guest memory and plumbs file descriptors onto the Node event loop. Everything that decides
+ * *what* to do (register values, device behaviour, workarounds) lives in TypeScript.
+ *
+ * Only `lib/native/` may load the addon; every other module receives these interfaces.
+ * @module
+ */
+
+/** One CPUID leaf as `struct kvm_cpuid_entry2` carries it (all fields are u32). */
+export interface CpuidEntry {
+  /** EAX input (the leaf). */
+  function: number;
+  /** ECX input (the sub-leaf) when `flags` has KVM_CPUID_FLAG_SIGNIFCANT_INDEX. */
+  index: number;
+  /** KVM_CPUID_FLAG_* bits. */
+  flags: number;
+  eax: number;
+  ebx: number;
+  ecx: number;
+  edx: number;
+}
+
+/** General purpose registers (`struct kvm_regs`). */
+export interface Regs {
+  rax: bigint; rbx: bigint; rcx: bigint; rdx: bigint;
+  rsi: bigint; rdi: bigint; rsp: bigint; rbp: bigint;
+  r8: bigint; r9: bigint; r10: bigint; r11: bigint;
+  r12: bigint; r13: bigint; r14: bigint; r15: bigint;
+  rip: bigint; rflags: bigint;
+}
+
+/** A segment register (`struct kvm_segment`). Flag fields are 0 or 1 except `type` and `dpl`. */
+export interface Segment {
+  base: bigint;
+  limit: number;
+  selector: number;
+  type: number;
+  present: number;
+  dpl: number;
+  db: number;
+  s: number;
+  l: number;
+  g: number;
+  avl: number;
+  unusable: number;
+}
+
+/** A descriptor-table register (`struct kvm_dtable`). */
+export interface DTable {
+  base: bigint;
+  limit: number;
+}
+
+/** Special registers (`struct kvm_sregs`), without the interrupt bitmap. */
+export interface Sregs {
+  cs: Segment; ds: Segment; es: Segment; fs: Segment; gs: Segment; ss: Segment;
+  tr: Segment; ldt: Segment;
+  gdt: DTable; idt: DTable;
+  cr0: bigint; cr2: bigint; cr3: bigint; cr4: bigint; cr8: bigint;
+  efer: bigint;
+  apicBase: bigint;
+}
+
+/** The part of `struct kvm_fpu` a boot loader sets. */
+export interface FpuState {
+  /** x87 control word. */
+  fcw: number;
+  /** SSE control/status register. */
+  mxcsr: number;
+}
+
+/** One model-specific register value. */
+export interface MsrEntry {
+  index: number;
+  data: bigint;
+}
+
+/** Kinds of records the vCPU threads send to JavaScript, in the order they happened. */
+export const enum ExitKind {
+  /** Port write (`KVM_EXIT_IO`, direction out). Posted: the vCPU did not wait. */
+  PioWrite = 0,
+  /** Port read. The vCPU waits for the handler's return value. */
+  PioRead = 1,
+  /** MMIO write (`KVM_EXIT_MMIO`, is_write). Posted. */
+  MmioWrite = 2,
+  /** MMIO read. The vCPU waits for the handler's return value. */
+  MmioRead = 3,
+}
+
+/**
+ * A vCPU exit that is not device I/O: the vCPU thread waits for the handler's verdict.
+ * `reason` is the KVM_EXIT_* number; the other fields are filled where that exit carries them.
+ */
+export interface VcpuEventInfo {
+  /** KVM_EXIT_* value (e.g. 8 = SHUTDOWN, 17 = INTERNAL_ERROR, 9 = FAIL_ENTRY, 5 = HLT). */
+  reason: number;
+  /** `internal.suberror` for KVM_EXIT_INTERNAL_ERROR (1 = emulation failure). */
+  suberror?: number;
+  /** `internal.data[0..ndata)` for KVM_EXIT_INTERNAL_ERROR, as u64. */
+  data?: bigint[];
+  /** For emulation failures that report them: the instruction bytes (`emulation_failure.insn_bytes`). */
+  insnBytes?: Buffer;
+  /** `fail_entry.hardware_entry_failure_reason` for KVM_EXIT_FAIL_ENTRY. */
+  hardwareEntryFailureReason?: bigint;
+  /** errno when KVM_RUN itself failed with an unexpected error (the thread then stops). */
+  errno?: number;
+}
+
+/** What the vCPU thread does after a {@link VcpuEventInfo}. */
+export const enum VcpuVerdict {
+  /** Re-enter KVM_RUN (the handler may have changed registers or injected an event meanwhile). */
+  Resume = 0,
+  /** Leave the run loop; the thread ends. */
+  Stop = 1,
+}
+
+/** Handlers the vCPU threads call on the JavaScript thread. Registered once per VM. */
+export interface ExitHandlers {
+  /**
+   * Device I/O. `value` holds the written bytes (little endian, `size` ≤ 4) for writes and 0 for
+   * reads; for reads the return value (masked to `size` bytes) is what the guest reads.
+   * `seq` increases by one for every record of the VM; it orders posted writes and reads.
+   * 8-byte accesses arrive as two 4-byte records (low half at `addr`, then high half at `addr + 4`).
+   */
+  io(kind: ExitKind, vcpu: number, addr: number, size: number, value: number, seq: number): number | void;
+  /** Non-I/O exits; the returned verdict decides whether the vCPU resumes. */
+  event(vcpu: number, info: VcpuEventInfo): VcpuVerdict;
+  /** A vCPU thread has ended (after a Stop verdict, `stopVcpus()`, or a fatal KVM_RUN error). */
+  vcpuStopped(vcpu: number): void;
+}
+
+/** Arguments of `KVM_IOEVENTFD`. */
+export interface IoEventFdArgs {
+  /** Guest physical address (MMIO) or port (PIO). */
+  addr: number;
+  /** Access length in bytes (1, 2, 4 or 8); 0 matches any length (MMIO only). */
+  len: number;
+  /** The eventfd to signal. */
+  fd: number;
+  /** Only writes of this value signal (KVM_IOEVENTFD_FLAG_DATAMATCH). */
+  datamatch?: number;
+  /** Port I/O instead of MMIO (KVM_IOEVENTFD_FLAG_PIO). */
+  pio?: boolean;
+  /** Remove a previous registration with the same arguments. */
+  deassign?: boolean;
+}
+
+/** A registration of a fd with the event loop; `close()` unregisters it (idempotent). */
+export interface FdWatch {
+  close(): void;
+}
+
+/** `/dev/kvm`. */
+export interface NativeKvm {
+  /** KVM_GET_API_VERSION (12 on every supported kernel). */
+  apiVersion(): number;
+  /** KVM_CHECK_EXTENSION on the system fd. */
+  checkExtension(cap: number): number;
+  /** KVM_GET_SUPPORTED_CPUID. */
+  supportedCpuid(): CpuidEntry[];
+  /** KVM_CREATE_VM (type 0). */
+  createVm(): NativeVm;
+  /** Closes the system fd (idempotent). */
+  close(): void;
+}
+
+/** A VM fd and everything owned by it: memory mappings, vCPUs, their threads. */
+export interface NativeVm {
+  /** KVM_CHECK_EXTENSION on the VM fd. */
+  checkExtension(cap: number): number;
+  /**
+   * Maps `size` bytes of anonymous, private, MAP_NORESERVE memory and returns it as an ArrayBuffer
+   * that aliases the mapping (no copy). The mapping lives until `close()`, which detaches the buffer.
+   */
+  allocateMemory(size: number): ArrayBuffer;
+  /** KVM_SET_USER_MEMORY_REGION for `[offset, offset+size)` of a buffer from `allocateMemory`. */
+  setUserMemoryRegion(slot: number, guestPhysAddr: number, memory: ArrayBuffer, offset: number, size: number): void;
+  /** KVM_SET_TSS_ADDR. */
+  setTssAddr(addr: number): void;
+  /** KVM_SET_IDENTITY_MAP_ADDR. */
+  setIdentityMapAddr(addr: number): void;
+  /** KVM_CREATE_IRQCHIP (PIC + IOAPIC in kernel, LAPIC per vCPU). */
+  createIrqchip(): void;
+  /** KVM_CREATE_PIT2 with the given flags (KVM_PIT_SPEAKER_DUMMY = 1). */
+  createPit2(flags: number): void;
+  /** KVM_IRQ_LINE. */
+  irqLine(irq: number, level: boolean): void;
+  /** KVM_IOEVENTFD. */
+  ioeventfd(args: IoEventFdArgs): void;
+  /** KVM_IRQFD: `fd` raises `gsi` when written. `deassign` removes it. */
+  irqfd(fd: number, gsi: number, deassign?: boolean): void;
+  /** KVM_CREATE_VCPU; also maps its `kvm_run` area. */
+  createVcpu(id: number): NativeVcpu;
+  /** Registers the exit handlers (before any vCPU starts). */
+  setExitHandlers(handlers: ExitHandlers): void;
+  /**
+   * Runs, now and on this thread, the handlers of every record the vCPU threads have queued.
+   * Lets an ioeventfd handler see the posted register writes that came before the notification.
+   */
+  flushExits(): void;
+  /**
+   * Declares ports `[base, base+len)` as a read-cache group: a read of a port in the group that has
+   * a valid cached value is answered by the vCPU thread itself, without a JavaScript round trip.
+   * A guest write to an offset whose bit is set in `transparentWriteMask` leaves the group's cache
+   * valid; any other write to the group invalidates all of the group's cached values at once.
+   */
+  definePioReadCache(base: number, len: number, transparentWriteMask: number): void;
+  /**
+   * Caches `value` for reads of `port`, valid only if no invalidating write to its group was
+   * queued after record `seq` (the last record the caller has processed). `value < 0` clears it.
+   * Returns whether the value was accepted.
+   */
+  setPioReadCache(port: number, value: number, seq: number): boolean;
+  /**
+   * Kicks every running vCPU out of KVM_RUN (immediate_exit + signal), cancels waits for
+   * JavaScript answers and joins the threads. Idempotent.
+   */
+  stopVcpus(): void;
+  /** Parks every vCPU outside KVM_RUN; returns once all are parked. */
+  pauseVcpus(): void;
+  /** Releases parked vCPUs. */
+  resumeVcpus(): void;
+  /** Stops vCPUs, closes their fds, unmaps and detaches memory, closes the VM fd. Idempotent. */
+  close(): void;
+}
+
+/** A vCPU fd and its run thread. Register calls are valid before `start()` and while the vCPU waits in an event handler or is paused. */
+export interface NativeVcpu {
+  readonly id: number;
+  getRegs(): Regs;
+  setRegs(regs: Regs): void;
+  getSregs(): Sregs;
+  setSregs(sregs: Sregs): void;
+  /** Reads the FPU state, replaces fcw and mxcsr, writes it back. */
+  setFpu(fpu: FpuState): void;
+  /** KVM_SET_MSRS; returns how many were set. */
+  setMsrs(msrs: MsrEntry[]): number;
+  /** KVM_GET_MSRS. */
+  getMsrs(indexes: number[]): bigint[];
+  /** KVM_SET_CPUID2. */
+  setCpuid(entries: CpuidEntry[]): void;
+  /** KVM_GET_LAPIC: the 1024-byte register page. */
+  getLapic(): Buffer;
+  /** KVM_SET_LAPIC. */
+  setLapic(regs: Buffer): void;
+  /** KVM_GET_MP_STATE. */
+  getMpState(): number;
+  /** KVM_SET_MP_STATE. */
+  setMpState(state: number): void;
+  /** Injects an exception through KVM_SET_VCPU_EVENTS (`exception.injected = 1`). */
+  injectException(vector: number, errorCode?: number): void;
+  /** Starts the run thread (once). */
+  start(): void;
+}
+
+/** The addon's module object. */
+export interface NativeAddon {
+  /** Opens `/dev/kvm` (or `path`). Throws a native error with `code` 'ENOENT', 'EACCES', 'ENODEV'… */
+  openKvm(path?: string): NativeKvm;
+  /** eventfd(2) with EFD_CLOEXEC | EFD_NONBLOCK; returns the fd. */
+  eventfd(initval?: number): number;
+  /** Adds `value` to an eventfd's counter. */
+  eventfdWrite(fd: number, value?: number): void;
+  /** Reads and resets an eventfd's counter; 0 if it was zero (EAGAIN). */
+  eventfdRead(fd: number): number;
+  /** Calls `onSignal(count)` on the event loop each time the eventfd becomes readable (it reads the counter first). */
+  watchEventfd(fd: number, onSignal: (count: number) => void): FdWatch;
+  /** close(2). */
+  closeFd(fd: number): void;
+  /** Pages of this process currently resident (from /proc/self/statm), for tests and benchmarks. */
+  residentPages?(): number;
+}
+
+/** Properties the addon sets on every Error it throws. */
+export interface NativeErrorProps {
+  /** The ioctl or syscall that failed, e.g. 'KVM_CREATE_VM' or 'mmap'. */
+  ioctl: string;
+  /** errno. */
+  errno: number;
+  /** errno's symbolic name, e.g. 'EINVAL'. */
+  code: string;
+}
