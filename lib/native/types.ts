@@ -79,7 +79,7 @@ export interface MsrEntry {
 }
 
 /** Kinds of records the vCPU threads send to JavaScript, in the order they happened. */
-export const enum ExitKind {
+export enum ExitKind {
   /** Port write (`KVM_EXIT_IO`, direction out). Posted: the vCPU did not wait. */
   PioWrite = 0,
   /** Port read. The vCPU waits for the handler's return value. */
@@ -110,7 +110,7 @@ export interface VcpuEventInfo {
 }
 
 /** What the vCPU thread does after a {@link VcpuEventInfo}. */
-export const enum VcpuVerdict {
+export enum VcpuVerdict {
   /** Re-enter KVM_RUN (the handler may have changed registers or injected an event meanwhile). */
   Resume = 0,
   /** Leave the run loop; the thread ends. */
