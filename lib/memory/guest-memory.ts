@@ -35,9 +35,19 @@ export interface MemoryRegion {
   readonly guestAddr: number;
   /** Length in bytes. */
   readonly size: number;
-  /** Backing store; byte `i` of the region is `bytes[i]`. */
-  readonly bytes: Uint8Array;
+  /** Backing store; byte `i` of the region is byte `byteOffset + i` of `buffer`. */
+  readonly buffer: ArrayBuffer;
+  /** Where the region starts inside `buffer`. */
+  readonly byteOffset: number;
 }
+
+/**
+ * How a region is given to {@link GuestMemory}: either a byte array, or a range of an ArrayBuffer
+ * (needed for regions over 4 GiB, which no single Uint8Array can span).
+ */
+export type RegionSpec =
+  | { guestAddr: number; bytes: Uint8Array }
+  | { guestAddr: number; buffer: ArrayBuffer; byteOffset: number; size: number };
 
 /** Largest address we accept as a JS number: 2^52 keeps every sum of address + length exact. */
 const MAX_ADDR = 2 ** 52;
@@ -54,23 +64,31 @@ export class GuestMemory {
   /**
    * @param regions guest address and backing bytes of each region; they must not overlap.
    */
-  constructor(regions: { guestAddr: number; bytes: Uint8Array }[]) {
-    const sorted = [...regions].sort((a, b) => a.guestAddr - b.guestAddr);
+  constructor(regions: RegionSpec[]) {
+    const norm: MemoryRegion[] = regions.map((r) =>
+      'bytes' in r
+        ? { guestAddr: r.guestAddr, size: r.bytes.byteLength, buffer: r.bytes.buffer as ArrayBuffer, byteOffset: r.bytes.byteOffset }
+        : { guestAddr: r.guestAddr, size: r.size, buffer: r.buffer, byteOffset: r.byteOffset },
+    );
+    norm.sort((a, b) => a.guestAddr - b.guestAddr);
     const out: MemoryRegion[] = [];
-    for (const r of sorted) {
-      if (!Number.isSafeInteger(r.guestAddr) || r.guestAddr < 0 || r.guestAddr + r.bytes.length > MAX_ADDR) {
+    for (const r of norm) {
+      if (!Number.isSafeInteger(r.guestAddr) || r.guestAddr < 0 || r.guestAddr + r.size > MAX_ADDR) {
         throw new MemoryError('BAD_REGION', `region at ${r.guestAddr} is outside the addressable range`, r.guestAddr);
+      }
+      if (!Number.isSafeInteger(r.size) || r.size <= 0 || r.byteOffset < 0 || r.byteOffset + r.size > r.buffer.byteLength) {
+        throw new MemoryError('BAD_REGION', `region at 0x${r.guestAddr.toString(16)} does not fit its buffer`, r.guestAddr, r.size);
       }
       const prev = out[out.length - 1];
       if (prev && prev.guestAddr + prev.size > r.guestAddr) {
         throw new MemoryError('OVERLAP', `regions at 0x${prev.guestAddr.toString(16)} and 0x${r.guestAddr.toString(16)} overlap`, r.guestAddr);
       }
-      out.push({ guestAddr: r.guestAddr, size: r.bytes.length, bytes: r.bytes });
+      out.push(r);
     }
     this.regions = out;
     this.starts = out.map((r) => r.guestAddr);
     this.ends = out.map((r) => r.guestAddr + r.size);
-    this.views = out.map((r) => new DataView(r.bytes.buffer, r.bytes.byteOffset, r.bytes.byteLength));
+    this.views = out.map((r) => new DataView(r.buffer, r.byteOffset, r.size));
   }
 
   /** Convenience for tests and tools: one region of `size` zeroed bytes at guest address 0. */
@@ -87,8 +105,9 @@ export class GuestMemory {
 
   /** Index of the region holding all of `[addr, addr+len)`, or -1. */
   private find(addr: number, len: number): number {
-    // Reject non-integers and negatives first: NaN and fractions compare false everywhere below.
+    // NaN fails the comparisons; fractions would index nothing sensible, so they are refused too.
     if (!(addr >= 0) || !(len >= 0) || addr > MAX_ADDR || len > MAX_ADDR) return -1;
+    if (!Number.isInteger(addr) || !Number.isInteger(len)) return -1;
     const end = addr + len;
     for (let i = 0; i < this.starts.length; i++) {
       if (addr >= this.starts[i] && end <= this.ends[i]) return i;
@@ -115,8 +134,8 @@ export class GuestMemory {
    */
   slice(addr: number, len: number): Uint8Array {
     const i = this.region(addr, len);
-    const off = addr - this.starts[i];
-    return this.regions[i].bytes.subarray(off, off + len);
+    const r = this.regions[i];
+    return new Uint8Array(r.buffer, r.byteOffset + (addr - r.guestAddr), len);
   }
 
   /** Copies `data` into guest memory at `addr`. */

@@ -1,0 +1,6 @@
+/**
+ * The 16550A UART device.
+ * @module
+ */
+export * from './constants';
+export * from './serial';

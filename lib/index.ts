@@ -1,0 +1,26 @@
+/**
+ * Kindling: Firecracker-style KVM microVMs inside a Node.js process.
+ *
+ * ```ts
+ * import { MicroVM } from 'kindling';
+ * const vm = new MicroVM().memory(128).kernel('vmlinux', { cmdline: 'console=ttyS0' });
+ * vm.on('serial', (c) => process.stdout.write(c));
+ * await vm.start();
+ * console.log(await vm.wait());
+ * ```
+ * @packageDocumentation
+ */
+export { MicroVM } from './vm/microvm';
+export type { VmState, MicroVMEvents } from './vm/microvm';
+export { ConfigError, VmError } from './vm/errors';
+export type { ConfigErrorCode, VmErrorCode } from './vm/errors';
+export type { MicroVMOptions, KernelOptions, DriveOptions, HostQuirksMode } from './vm/config';
+export { MIN_VCPUS, MAX_VCPUS, MIN_MEMORY_MIB, MAX_MEMORY_MIB, MAX_CMDLINE_BYTES, DEFAULT_CMDLINE } from './vm/config';
+export type { ExitInfo } from './vm/machine';
+export type { VmMetrics, DeviceMetrics } from './vm/metrics';
+export type { SerialStream } from './vm/serial-stream';
+export { MemoryError } from './memory/guest-memory';
+export { NativeError, isKvmAvailable } from './native/binding';
+export { BootError } from './boot/errors';
+export type { TokenBucketConfig, RateLimiterConfig } from './ratelimit';
+export { RateLimitError } from './ratelimit';
