@@ -99,3 +99,8 @@ export function checkE820(entries: readonly E820Entry[]): void {
     prevEnd = e.addr + e.size;
   }
 }
+
+/** Same as {@link buildE820}: the E820 map the guest receives for `memSize` bytes of RAM. */
+export function e820Map(memSize: number): E820Entry[] {
+  return buildE820(memSize);
+}

@@ -4,6 +4,7 @@
  */
 import type { GuestMemory } from '../memory/guest-memory';
 import type { Queue } from './queue';
+import type { MmioTransport } from './mmio';
 
 /** How a device raises interrupts; implemented by the transport. */
 export interface VirtioInterrupt {
@@ -26,8 +27,9 @@ export interface VirtioDeviceContext {
   /**
    * Puts the device into DEVICE_NEEDS_RESET (§2.1.2) — for device-level errors it cannot recover
    * from. The transport also does this by itself when a queue breaks or processQueue throws.
+   * Optional so that tests can build a context by hand; {@link MmioTransport} always provides it.
    */
-  needsReset(): void;
+  needsReset?(): void;
 }
 
 /** A virtio device model (block, net, ...), independent of the transport. */

@@ -1,0 +1,43 @@
+#!/usr/bin/env node
+// Kindling benchmarks: prints numbers, judges nothing. Run with `npm run bench` (after the build).
+//
+//   setup      start() until the first guest instruction (the vCPU thread entering KVM_RUN is
+//              approximated by start() resolving: vCPU threads are running when it resolves), for a
+//              128 MiB VM with ../shared/guest/vmlinux (needs /dev/kvm)
+//   density    RSS of one process with 1, 10 and 50 idle small VMs, minus guest RAM they touched
+//   queue      the split-virtqueue's own cost per request (mock driver, no KVM)
+//   block      virtio-blk host-side throughput (mock driver, file in page cache, no KVM)
+//
+//   node bench/run.js [setup|density|queue|block ...]   (default: all)
+'use strict';
+const path = require('path');
+const fs = require('fs');
+const { spawnSync } = require('child_process');
+
+const which = process.argv.slice(2);
+const want = (name) => which.length === 0 || which.includes(name);
+
+function runTs(file) {
+  // The no-KVM benchmarks are TypeScript against lib/ sources, run through ts-node-free transpile-on-require.
+  const r = spawnSync(process.execPath, ['-r', path.join(__dirname, 'register-ts.js'), path.join(__dirname, file)], { stdio: 'inherit' });
+  if (r.status !== 0) console.log(`${file} exited with ${r.status}`);
+}
+
+async function main() {
+  const { isKvmAvailable } = require('kindling');
+  const kvm = isKvmAvailable();
+  if (want('setup') || want('density')) {
+    if (!kvm.ok) console.log(`setup, density: skipped, KVM unavailable (${kvm.reason})`);
+    else {
+      if (want('setup')) await require('./setup.bench').run();
+      if (want('density')) await require('./density.bench').run();
+    }
+  }
+  if (want('queue') && fs.existsSync(path.join(__dirname, 'queue.bench.ts'))) runTs('queue.bench.ts');
+  if (want('block') && fs.existsSync(path.join(__dirname, 'block.bench.ts'))) runTs('block.bench.ts');
+}
+
+main().catch((e) => {
+  console.error(e);
+  process.exit(1);
+});

@@ -1,0 +1,19 @@
+/**
+ * The error type of the cpu module.
+ * @module
+ */
+
+/** Why a CPU configuration was refused. */
+export type CpuErrorCode = 'BAD_TOPOLOGY';
+
+/** A refused CPU configuration. */
+export class CpuError extends Error {
+  /** Discriminant for programmatic handling. */
+  readonly code: CpuErrorCode;
+
+  constructor(code: CpuErrorCode, message: string) {
+    super(message);
+    this.name = 'CpuError';
+    this.code = code;
+  }
+}

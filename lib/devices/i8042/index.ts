@@ -1,0 +1,6 @@
+/**
+ * The i8042 keyboard controller device.
+ * @module
+ */
+export * from './constants';
+export * from './i8042';

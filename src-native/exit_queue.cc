@@ -1,0 +1,313 @@
+// The VM-wide exit queue and the handshakes between vCPU threads and the JavaScript thread.
+//
+// Ordering: every I/O record gets the next `seq` under `mu_`, so posted writes and reads of all
+// vCPUs reach JavaScript in one total order. A vCPU that needs an answer (a read, or the verdict
+// on an event) records `pendingRequest` and sleeps on its own condition variable; the JS thread
+// answers through Answer(), or StopAll() cancels the wait.
+#include <signal.h>
+#include <algorithm>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include "vm_core.h"
+
+namespace kindling {
+
+namespace {
+
+uint32_t SizeMask(uint32_t size) { return size >= 4 ? 0xffffffffu : ((1u << (size * 8)) - 1); }
+
+}  // namespace
+
+VmCore::~VmCore() {
+  // The JS side joins the threads before it lets go of the core; this is the last line of defence
+  // (a joinable std::thread would call std::terminate on destruction).
+  StopAll();
+  CloseFds();
+  ReleaseTsfn();
+}
+
+void VmCore::PushLocked(ExitRecord&& r) {
+  if (r.type == RecordType::kIo) r.seq = nextSeq_++;
+  queue_.push_back(std::move(r));
+  // Signal only on the first record after a drain started: the drain empties the whole queue.
+  if (!signalPending_ && tsfn != nullptr) {
+    signalPending_ = true;
+    napi_call_threadsafe_function(tsfn, nullptr, napi_tsfn_nonblocking);
+  }
+}
+
+void VmCore::PostWrite(VcpuCore& v, uint8_t kind, uint64_t addr, uint32_t size, uint32_t value) {
+  std::lock_guard<std::mutex> lk(mu_);
+  ExitRecord r;
+  r.type = RecordType::kIo;
+  r.kind = kind;
+  r.vcpu = &v;
+  r.addr = addr;
+  r.size = size;
+  r.value = value & SizeMask(size);
+  PushLocked(std::move(r));
+  if (kind != kPioWrite || pioGroups_.empty()) return;
+  const uint64_t seq = queue_.back().seq;
+  for (PioCacheGroup& g : pioGroups_) {
+    for (uint32_t b = 0; b < size; b++) {
+      const uint64_t port = addr + b;
+      if (port < g.base || port >= uint64_t(g.base) + g.len) continue;
+      const uint32_t offset = static_cast<uint32_t>(port - g.base);
+      if ((g.transparentWriteMask >> offset) & 1u) continue;
+      g.lastInvalidateSeq = seq;
+      std::fill(g.values.begin(), g.values.end(), -1);
+      break;
+    }
+  }
+}
+
+bool VmCore::WaitLocked(std::unique_lock<std::mutex>& lk, VcpuCore& v, ExitRecord&& r, uint64_t* answer) {
+  if (stopping.load()) return false;
+  r.request = ++v.lastRequest;
+  v.pendingRequest = r.request;
+  v.answered = false;
+  v.state = VcpuState::kWaitingJs;
+  PushLocked(std::move(r));
+  quiesceCv_.notify_all();
+  v.answerCv.wait(lk, [&] { return v.answered || stopping.load(); });
+  v.pendingRequest = 0;
+  if (!v.answered) {
+    v.state = VcpuState::kRunning;
+    return false;
+  }
+  v.answered = false;
+  *answer = v.answer;
+  return true;
+}
+
+bool VmCore::Read(VcpuCore& v, uint8_t kind, uint64_t addr, uint32_t size, uint32_t* value) {
+  const uint32_t mask = SizeMask(size);
+  std::unique_lock<std::mutex> lk(mu_);
+  if (kind == kPioRead) {
+    for (const PioCacheGroup& g : pioGroups_) {
+      if (addr < g.base || addr >= uint64_t(g.base) + g.len) continue;
+      const int64_t cached = g.values[addr - g.base];
+      if (cached >= 0) {
+        *value = static_cast<uint32_t>(cached) & mask;
+        return true;
+      }
+      break;
+    }
+  }
+  ExitRecord r;
+  r.type = RecordType::kIo;
+  r.kind = kind;
+  r.vcpu = &v;
+  r.addr = addr;
+  r.size = size;
+  uint64_t answer = 0;
+  if (!WaitLocked(lk, v, std::move(r), &answer)) {
+    *value = mask;
+    return false;
+  }
+  *value = static_cast<uint32_t>(answer) & mask;
+  return true;
+}
+
+Verdict VmCore::SubmitEvent(VcpuCore& v, std::unique_ptr<EventInfo> info) {
+  std::unique_lock<std::mutex> lk(mu_);
+  ExitRecord r;
+  r.type = RecordType::kEvent;
+  r.vcpu = &v;
+  r.event = std::move(info);
+  uint64_t answer = kStop;
+  if (!WaitLocked(lk, v, std::move(r), &answer)) return kStop;
+  return answer == kStop ? kStop : kResume;
+}
+
+void VmCore::Park(VcpuCore& v) {
+  std::unique_lock<std::mutex> lk(mu_);
+  if (!pausing.load() || stopping.load()) return;
+  v.state = VcpuState::kParked;
+  quiesceCv_.notify_all();
+  parkCv_.wait(lk, [&] { return !pausing.load() || stopping.load(); });
+  v.state = VcpuState::kRunning;
+}
+
+void VmCore::ThreadEnded(VcpuCore& v) {
+  std::lock_guard<std::mutex> lk(mu_);
+  v.state = VcpuState::kExited;
+  ExitRecord r;
+  r.type = RecordType::kStopped;
+  r.vcpu = &v;
+  PushLocked(std::move(r));
+  quiesceCv_.notify_all();
+}
+
+bool VmCore::Pop(ExitRecord* out) {
+  std::lock_guard<std::mutex> lk(mu_);
+  if (queue_.empty()) return false;
+  *out = std::move(queue_.front());
+  queue_.pop_front();
+  return true;
+}
+
+bool VmCore::StillWaiting(const ExitRecord& r) {
+  std::lock_guard<std::mutex> lk(mu_);
+  return !stopping.load() && r.request != 0 && r.vcpu->pendingRequest == r.request && !r.vcpu->answered;
+}
+
+void VmCore::Answer(const ExitRecord& r, uint64_t value) {
+  std::lock_guard<std::mutex> lk(mu_);
+  VcpuCore& v = *r.vcpu;
+  if (r.request == 0 || v.pendingRequest != r.request || v.answered) return;
+  v.answer = value;
+  v.answered = true;
+  // Set here, not by the woken thread: from now on the thread may re-enter KVM_RUN, and register
+  // ioctls from JavaScript must be refused at once.
+  v.state = VcpuState::kRunning;
+  v.answerCv.notify_one();
+}
+
+void VmCore::ClearSignal() {
+  std::lock_guard<std::mutex> lk(mu_);
+  signalPending_ = false;
+}
+
+void VmCore::Resignal() {
+  std::lock_guard<std::mutex> lk(mu_);
+  if (!queue_.empty() && !signalPending_ && tsfn != nullptr) {
+    signalPending_ = true;
+    napi_call_threadsafe_function(tsfn, nullptr, napi_tsfn_nonblocking);
+  }
+}
+
+void VmCore::StartThread(VcpuCore& v) {
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    v.state = VcpuState::kRunning;
+  }
+  try {
+    v.thread = std::thread(VcpuThreadMain, &v);
+  } catch (...) {
+    std::lock_guard<std::mutex> lk(mu_);
+    v.state = VcpuState::kIdle;
+    throw;
+  }
+  v.started = true;
+}
+
+void VmCore::KickAll() {
+  for (auto& v : vcpus) {
+    if (!v->started || !v->thread.joinable() || v->run == nullptr) continue;
+    // immediate_exit covers the window between the thread's flag check and KVM_RUN; the signal
+    // covers a thread already inside KVM_RUN (api.rst, "immediate_exit").
+    __atomic_store_n(&v->run->immediate_exit, 1, __ATOMIC_SEQ_CST);
+    pthread_kill(v->thread.native_handle(), KickSignal());
+  }
+}
+
+void VmCore::StopAll() {
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    stopping.store(true);
+    pausing.store(false);
+    for (auto& v : vcpus) v->answerCv.notify_all();
+    parkCv_.notify_all();
+    quiesceCv_.notify_all();
+  }
+  KickAll();
+  for (auto& v : vcpus) {
+    if (v->thread.joinable()) v->thread.join();
+  }
+}
+
+void VmCore::PauseAll() {
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    if (stopping.load()) return;
+    pausing.store(true);
+  }
+  KickAll();
+  std::unique_lock<std::mutex> lk(mu_);
+  quiesceCv_.wait(lk, [&] {
+    if (stopping.load() || !pausing.load()) return true;
+    for (auto& v : vcpus) {
+      if (v->started && !v->Quiescent()) return false;
+    }
+    return true;
+  });
+}
+
+void VmCore::ResumeAll() {
+  std::lock_guard<std::mutex> lk(mu_);
+  pausing.store(false);
+  for (auto& v : vcpus) {
+    if (v->state == VcpuState::kParked) v->state = VcpuState::kRunning;
+  }
+  parkCv_.notify_all();
+}
+
+bool VmCore::IsQuiescent(VcpuCore& v) {
+  std::lock_guard<std::mutex> lk(mu_);
+  return v.Quiescent();
+}
+
+bool VmCore::PioGroupOverlaps(uint32_t base, uint32_t len) {
+  std::lock_guard<std::mutex> lk(mu_);
+  for (const PioCacheGroup& g : pioGroups_) {
+    if (base < g.base + g.len && g.base < base + len) return true;
+  }
+  return false;
+}
+
+void VmCore::DefinePioGroup(uint32_t base, uint32_t len, uint32_t mask) {
+  std::lock_guard<std::mutex> lk(mu_);
+  PioCacheGroup g;
+  g.base = base;
+  g.len = len;
+  g.transparentWriteMask = mask;
+  g.values.assign(len, -1);
+  pioGroups_.push_back(std::move(g));
+}
+
+bool VmCore::SetPioCache(uint32_t port, int64_t value, uint64_t seq) {
+  std::lock_guard<std::mutex> lk(mu_);
+  for (PioCacheGroup& g : pioGroups_) {
+    if (port < g.base || port >= g.base + g.len) continue;
+    if (value < 0) {
+      g.values[port - g.base] = -1;  // clearing is always safe
+      return true;
+    }
+    if (g.lastInvalidateSeq > seq) return false;
+    g.values[port - g.base] = value & 0xffffffff;
+    return true;
+  }
+  return false;
+}
+
+void VmCore::ReleaseTsfn() {
+  napi_threadsafe_function t;
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    t = tsfn;
+    tsfn = nullptr;
+  }
+  if (t != nullptr) napi_release_threadsafe_function(t, napi_tsfn_release);
+}
+
+void VmCore::CloseFds() {
+  for (auto& v : vcpus) {
+    if (v->thread.joinable()) continue;  // never pull the run area from under a live thread
+    if (v->run != nullptr) {
+      munmap(v->run, v->runSize);
+      v->run = nullptr;
+    }
+    if (v->fd >= 0) {
+      close(v->fd);
+      v->fd = -1;
+    }
+  }
+  if (fd >= 0) {
+    close(fd);
+    fd = -1;
+  }
+}
+
+}  // namespace kindling

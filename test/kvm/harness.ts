@@ -1,0 +1,74 @@
+/**
+ * Shared helpers for the tests that boot freestanding guests on real KVM.
+ * Where /dev/kvm cannot be opened these suites are skipped, and the reason is printed once.
+ */
+import * as path from 'path';
+import * as fs from 'fs';
+import { MicroVM } from '../../lib/vm/microvm';
+import type { ExitInfo } from '../../lib/vm/machine';
+import { isKvmAvailable } from '../../lib/native/binding';
+
+/** Folder of the built guests (`make -C test/guests`). */
+export const GUEST_DIR = path.join(__dirname, '..', 'guests', 'out');
+
+const kvm = isKvmAvailable();
+if (!kvm.ok) {
+  // eslint-disable-next-line no-console
+  console.warn(`SKIPPING KVM guest tests: ${kvm.reason}`);
+}
+
+/** `describe` where KVM works, `describe.skip` elsewhere. */
+export const describeKvm: jest.Describe = kvm.ok ? describe : describe.skip;
+
+/** Path of a built guest; fails the test with a hint when it was not built. */
+export function guest(name: string): string {
+  const p = path.join(GUEST_DIR, `${name}.elf`);
+  if (!fs.existsSync(p)) throw new Error(`guest ${p} missing: run npm run build:guests`);
+  return p;
+}
+
+/** What a guest run produced. */
+export interface GuestRun {
+  vm: MicroVM;
+  info: ExitInfo;
+  output: string;
+  /** `KT: key=value` lines. */
+  kv: Map<string, string>;
+  /** `KT: ...` lines in order (without the prefix). */
+  lines: string[];
+}
+
+/** Parses the guest's serial protocol. */
+export function parseKt(output: string): { kv: Map<string, string>; lines: string[] } {
+  const kv = new Map<string, string>();
+  const lines: string[] = [];
+  for (const raw of output.split(/\r?\n/)) {
+    const m = /^KT: (.*)$/.exec(raw.trim());
+    if (!m) continue;
+    lines.push(m[1]);
+    const eq = /^([A-Za-z0-9_ ]+?)=(.*)$/.exec(m[1]);
+    if (eq) kv.set(eq[1], eq[2]);
+  }
+  return { kv, lines };
+}
+
+/**
+ * Boots `vm` (already configured), optionally feeding it input once it prints `KT: READY`,
+ * and waits for its end with a timeout that stops it.
+ */
+export async function runVm(vm: MicroVM, opts: { input?: string[]; timeoutMs?: number } = {}): Promise<GuestRun> {
+  let output = '';
+  let fed = false;
+  vm.on('serial', (c) => {
+    output += c.toString('latin1');
+    if (opts.input && !fed && output.includes('KT: READY')) {
+      fed = true;
+      for (const line of opts.input) vm.serial.write(line);
+    }
+  });
+  await vm.start();
+  const timer = setTimeout(() => void vm.stop(), opts.timeoutMs ?? 60_000);
+  const info = await vm.wait();
+  clearTimeout(timer);
+  return { vm, info, output, ...parseKt(output) };
+}
