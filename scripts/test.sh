@@ -6,6 +6,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+# The API docs must build without a warning (typedoc.json treats warnings as errors).
+npx typedoc --emit none --logLevel Warn
 npx jest --ci
 if [ "${1:-}" = "--linux" ]; then
   npx jest --ci --config jest.linux.config.js --runInBand

@@ -68,12 +68,13 @@ std::string NameOf(int err) {
 
 }  // namespace
 
-Napi::Value MakeErrnoError(Napi::Env env, const char* op, int err) {
+Napi::Value MakeErrnoError(Napi::Env env, const char* op, int err, const std::string& detail) {
   const std::string code = NameOf(err);
   char buf[256];
   // GNU strerror_r returns a pointer that may or may not be buf.
   const char* text = strerror_r(err, buf, sizeof buf);
-  const std::string message = std::string(op) + " failed: " + code + " (" + text + ")";
+  std::string message = std::string(op) + " failed: " + code + " (" + text + ")";
+  if (!detail.empty()) message += ": " + detail;
 
   AddonData* data = GetAddonData(env);
   if (data != nullptr && !data->errorCtor.IsEmpty()) {
@@ -87,8 +88,8 @@ Napi::Value MakeErrnoError(Napi::Env env, const char* op, int err) {
   return e.Value();
 }
 
-void ThrowErrno(Napi::Env env, const char* op, int err) {
-  throw Napi::Error(env, MakeErrnoError(env, op, err));
+void ThrowErrno(Napi::Env env, const char* op, int err, const std::string& detail) {
+  throw Napi::Error(env, MakeErrnoError(env, op, err, detail));
 }
 
 void ThrowType(Napi::Env env, const std::string& message) { throw Napi::TypeError::New(env, message); }

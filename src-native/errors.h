@@ -4,6 +4,8 @@
 
 #include <napi.h>
 
+#include <string>
+
 namespace kindling {
 
 /** errno's symbolic name ("EINVAL"); "E<number>" for values this table does not know. */
@@ -14,10 +16,10 @@ const char* ErrnoName(int err);
  * with `setErrorClass` (lib/native/binding.ts registers NativeError), or a plain Error with the
  * same properties when none is registered. Message: "<op> failed: <ENAME> (<strerror>)".
  */
-Napi::Value MakeErrnoError(Napi::Env env, const char* op, int err);
+Napi::Value MakeErrnoError(Napi::Env env, const char* op, int err, const std::string& detail = "");
 
 /** Throws MakeErrnoError(env, op, err) as a C++ Napi::Error (C++ exceptions are enabled). */
-[[noreturn]] void ThrowErrno(Napi::Env env, const char* op, int err);
+[[noreturn]] void ThrowErrno(Napi::Env env, const char* op, int err, const std::string& detail = "");
 
 /** Throws a TypeError for a bad argument. */
 [[noreturn]] void ThrowType(Napi::Env env, const std::string& message);

@@ -178,13 +178,17 @@ void VmCore::Resignal() {
   }
 }
 
-void VmCore::StartThread(VcpuCore& v) {
+void VmCore::StartThread(VcpuCore& v, std::function<void()> body) {
   {
     std::lock_guard<std::mutex> lk(mu_);
     v.state = VcpuState::kRunning;
   }
   try {
-    v.thread = std::thread(VcpuThreadMain, &v);
+    if (body) {
+      v.thread = std::thread(std::move(body));
+    } else {
+      v.thread = std::thread(VcpuThreadMain, &v);
+    }
   } catch (...) {
     std::lock_guard<std::mutex> lk(mu_);
     v.state = VcpuState::kIdle;
@@ -195,10 +199,10 @@ void VmCore::StartThread(VcpuCore& v) {
 
 void VmCore::KickAll() {
   for (auto& v : vcpus) {
-    if (!v->started || !v->thread.joinable() || v->run == nullptr) continue;
+    if (!v->started || !v->thread.joinable()) continue;
     // immediate_exit covers the window between the thread's flag check and KVM_RUN; the signal
     // covers a thread already inside KVM_RUN (api.rst, "immediate_exit").
-    __atomic_store_n(&v->run->immediate_exit, 1, __ATOMIC_SEQ_CST);
+    if (v->run != nullptr) __atomic_store_n(&v->run->immediate_exit, 1, __ATOMIC_SEQ_CST);
     pthread_kill(v->thread.native_handle(), KickSignal());
   }
 }

@@ -4,6 +4,9 @@
 #include <signal.h>
 #include <sys/ioctl.h>
 
+#include <algorithm>
+#include <cstddef>
+#include <cstdio>
 #include <cstring>
 
 #include "vm_core.h"
@@ -167,7 +170,7 @@ void VcpuThreadMain(VcpuCore* vp) {
   pthread_sigmask(SIG_SETMASK, &set, nullptr);
 
   char name[16];
-  snprintf(name, sizeof name, "kindling-vcpu%u", v.id % 1000);
+  snprintf(name, sizeof name, "kindling-cpu%u", v.id % 1000);
   pthread_setname_np(pthread_self(), name);
 
   // After an I/O exit the instruction completes only on the next KVM_RUN; before parking we
@@ -189,6 +192,8 @@ void VcpuThreadMain(VcpuCore* vp) {
     if (vm.stopping.load() || vm.pausing.load()) continue;
 
     const int rc = ioctl(v.fd, KVM_RUN, 0);
+    // Any return from KVM_RUN, EINTR included, has completed the previous exit's I/O.
+    ioPending = false;
     if (rc < 0) {
       const int err = errno;
       // EINTR: kicked (or any signal). EAGAIN: an AP waiting for INIT/SIPI (KVM-HOST-NOTES.md).
@@ -200,7 +205,6 @@ void VcpuThreadMain(VcpuCore* vp) {
       vm.SubmitEvent(v, std::move(info));  // lets JavaScript inspect registers; the thread then ends
       break;
     }
-    ioPending = false;
     const uint32_t reason = v.run->exit_reason;
     if (reason == KVM_EXIT_IO) {
       ioPending = true;

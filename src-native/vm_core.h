@@ -11,6 +11,7 @@
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <thread>
@@ -86,6 +87,8 @@ struct VcpuCore {
   bool answered = false;
   uint64_t answer = 0;
   std::condition_variable answerCv;
+  /** Test hooks only (test_hooks.cc): what a scripted thread's reads and events got back. */
+  std::vector<uint32_t> scriptResults;
 
   bool Quiescent() const {
     return state == VcpuState::kIdle || state == VcpuState::kWaitingJs || state == VcpuState::kParked ||
@@ -147,8 +150,11 @@ class VmCore {
   void ClearSignal();
   /** Signals the TSFN again if records are queued (after a handler threw mid-drain). */
   void Resignal();
-  /** Starts vCPU `v`'s run thread; throws std::system_error if the thread cannot be created. */
-  void StartThread(VcpuCore& v);
+  /**
+   * Starts vCPU `v`'s run thread (VcpuThreadMain, or `body` for the test hooks); throws
+   * std::system_error if the thread cannot be created.
+   */
+  void StartThread(VcpuCore& v, std::function<void()> body = nullptr);
   /** Stop flag, cancels waits, kicks and joins every thread. Idempotent. */
   void StopAll();
   /** Kicks every running vCPU out of KVM_RUN and waits until each is quiescent. */

@@ -102,6 +102,7 @@ export function parseBzImage(image: Uint8Array): BzImage {
   const payloadOffset = (setupSects + 1) * SECTOR_SIZE;
   if (payloadOffset >= image.length) throw bad(`setup code (${setupSects} sectors) reaches past the end of the file`);
   const payloadSize = image.length - payloadOffset;
+  if (payloadSize <= STARTUP_64_OFFSET) throw bad(`protected-mode kernel of ${payloadSize} bytes ends before its 64-bit entry at +0x200`);
 
   const alignment = v.getUint32(HDR_KERNEL_ALIGNMENT, true);
   const relocatable = image[HDR_RELOCATABLE_KERNEL] !== 0;

@@ -58,8 +58,8 @@ const MAX_U64_NUMBER = 2 ** 52;
 export interface ElfSegment {
   /** File offset of the initialized bytes. */
   offset: number;
-  /** Link-time virtual address. */
-  vaddr: number;
+  /** Link-time virtual address (a full u64: kernels link at 0xffffffff8…). */
+  vaddr: bigint;
   /** Guest physical load address. */
   paddr: number;
   /** Bytes taken from the file. */
@@ -123,13 +123,11 @@ export function parseElf(image: Uint8Array): ElfImage {
     if (v.getUint32(ph + P_TYPE, true) !== PT_LOAD) continue;
     const seg: ElfSegment = {
       offset: u64(v, ph + P_OFFSET, `segment ${i} p_offset`),
-      vaddr: Number(v.getBigUint64(ph + P_VADDR, true) & ((1n << 52n) - 1n)),
+      vaddr: v.getBigUint64(ph + P_VADDR, true),
       paddr: u64(v, ph + P_PADDR, `segment ${i} p_paddr`),
       filesz: u64(v, ph + P_FILESZ, `segment ${i} p_filesz`),
       memsz: u64(v, ph + P_MEMSZ, `segment ${i} p_memsz`),
     };
-    // p_vaddr of a kernel is typically 0xffffffff8...; only its low bits matter for translating
-    // an entry point, which happens below against the full 64-bit value.
     if (seg.filesz > seg.memsz) throw bad(`segment ${i} has p_filesz ${hex(seg.filesz)} > p_memsz ${hex(seg.memsz)}`);
     if (seg.offset + seg.filesz > image.length) throw bad(`segment ${i} file bytes extend past the end of the file`);
     if (seg.memsz === 0) continue;
@@ -145,7 +143,7 @@ export function parseElf(image: Uint8Array): ElfImage {
   }
   if (segments.length === 0) throw bad('no PT_LOAD segment');
 
-  const entry = resolveEntry(v, phoff, phnum, rawEntry, segments);
+  const entry = resolveEntry(rawEntry, segments);
   if (entry >= MMIO_GAP_END) throw bad(`entry ${hex(entry)} is above the 4 GiB identity map`);
   const kernelEnd = Math.max(...segments.map((s) => s.paddr + s.memsz));
   return { entry, segments, kernelEnd };
@@ -156,20 +154,12 @@ export function parseElf(image: Uint8Array): ElfImage {
  * may give a virtual one, which we translate through the segment that contains it, because the
  * vCPU starts on an identity map.
  */
-function resolveEntry(v: DataView, phoff: number, phnum: number, rawEntry: bigint, segments: ElfSegment[]): number {
+function resolveEntry(rawEntry: bigint, segments: ElfSegment[]): number {
   for (const s of segments) {
     if (rawEntry >= BigInt(s.paddr) && rawEntry < BigInt(s.paddr + s.memsz)) return Number(rawEntry);
   }
-  for (let i = 0; i < phnum; i++) {
-    const ph = phoff + i * ELF64_PHDR_SIZE;
-    if (v.getUint32(ph + P_TYPE, true) !== PT_LOAD) continue;
-    const vaddr = v.getBigUint64(ph + P_VADDR, true);
-    const memsz = v.getBigUint64(ph + P_MEMSZ, true);
-    if (memsz === 0n) continue;
-    if (rawEntry >= vaddr && rawEntry - vaddr < memsz) {
-      const paddr = v.getBigUint64(ph + P_PADDR, true);
-      return Number(paddr + (rawEntry - vaddr));
-    }
+  for (const s of segments) {
+    if (rawEntry >= s.vaddr && rawEntry - s.vaddr < BigInt(s.memsz)) return s.paddr + Number(rawEntry - s.vaddr);
   }
   throw bad(`entry point ${hex(rawEntry)} is not inside any PT_LOAD segment`);
 }

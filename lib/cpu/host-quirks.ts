@@ -79,10 +79,13 @@ export function applyCpuidQuirks(entries: readonly CpuidEntry[], quirks?: HostQu
 
 /**
  * Features the guest must turn off itself (the emulator reports them in CPUID whatever the VMM
- * says). Linux 6.1 reads `clearcpuid=` into 128 bytes, so this list must stay within it.
+ * says). Linux 6.1 copies the `clearcpuid=` value into a 128-byte buffer and silently cuts a
+ * longer one, so this list (121 characters) must stay within 127.
  */
-export const QUIRK_CLEARCPUID =
-  'clearcpuid=popcnt,smap,cx16,rdrand,rdseed,fsgsbase,pcid,invpcid,rdpid,aes,pclmulqdq,sha_ni,movbe,sse4_2,sse4_1,ssse3,bmi2,clflushopt';
+export const QUIRK_CLEARCPUID_LIST =
+  'popcnt,smap,cx16,rdrand,rdseed,fsgsbase,pcid,invpcid,rdpid,aes,pclmulqdq,sha_ni,movbe,sse4_2,sse4_1,ssse3,bmi2,clflushopt';
+/** The `clearcpuid=` argument built from {@link QUIRK_CLEARCPUID_LIST}. */
+export const QUIRK_CLEARCPUID = `clearcpuid=${QUIRK_CLEARCPUID_LIST}`;
 
 /**
  * Kernel command line additions for an emulating host: no XSAVE, no paravirtual spinlocks, no

@@ -194,6 +194,11 @@ export class RateLimiter {
     this.disposed = true;
   }
 
+  /** Same as {@link dispose}. */
+  close(): void {
+    this.dispose();
+  }
+
   /** Counters and current budgets. */
   metrics(): Record<string, number> {
     return {

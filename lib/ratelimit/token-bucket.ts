@@ -26,14 +26,27 @@ export const monotonicClock: NanoClock = () => process.hrtime.bigint();
 
 /** Outcome of {@link TokenBucket.reduce}. */
 export type BucketReduction =
-  | { readonly kind: 'success' }
-  /** Not enough tokens; nothing was taken. `waitNs` is the time until the request would fit. */
-  | { readonly kind: 'failure'; readonly waitNs: bigint }
-  /**
-   * The request exceeded the bucket size: it was granted, the bucket is empty, and the caller
-   * must not consume again for `blockNs` (the time the bucket needs to produce the excess).
-   */
-  | { readonly kind: 'overConsumption'; readonly ratio: number; readonly blockNs: bigint };
+  | {
+      /** The tokens were taken. */
+      readonly kind: 'success';
+    }
+  | {
+      /** Not enough tokens; nothing was taken. */
+      readonly kind: 'failure';
+      /** Nanoseconds until the request would fit. */
+      readonly waitNs: bigint;
+    }
+  | {
+      /**
+       * The request exceeded the bucket size: it was granted and the bucket emptied, and the
+       * caller must not consume again for `blockNs`.
+       */
+      readonly kind: 'overConsumption';
+      /** Tokens taken beyond the budget, in bucket sizes. */
+      readonly ratio: number;
+      /** Nanoseconds the bucket needs to produce the excess. */
+      readonly blockNs: bigint;
+    };
 
 const SUCCESS: BucketReduction = Object.freeze({ kind: 'success' });
 const NS_PER_MS = 1_000_000n;
@@ -81,8 +94,7 @@ export function validateTokenBucketConfig(config: TokenBucketConfig): void {
  * part of elapsed time that has not yet made a whole token is carried in `carry` (in units of
  * 1/processedCapacity ns), so any sequence of refills yields exactly as many tokens as one
  * refill over the same span: no drift. (Firecracker carries by moving its timestamp back, rounded
- * to a nanosecond, which can lose up to a nanosecond's worth of tokens per refill.) A negative
- * `carry` is a debt left by an over-consumption: time must first repay it before tokens appear.
+ * to a nanosecond, which can lose up to a nanosecond's worth of tokens per refill.)
  */
 export class TokenBucket {
   /** Capacity in tokens (0 when disabled). */
@@ -151,10 +163,6 @@ export class TokenBucket {
     if (delta <= 0n) return;
     this.lastUpdate = now;
     const acc = delta * this.processedCapacity + this.carry;
-    if (acc < 0n) {
-      this.carry = acc;
-      return;
-    }
     const room = BigInt(this.size - this.tokens);
     if (acc >= room * this.processedRefillNs) {
       // Full: time beyond filling the bucket is not banked.
@@ -170,10 +178,9 @@ export class TokenBucket {
    * Tries to take `tokens`. The one-time burst is spent first; the regular budget is refilled
    * only when it alone cannot cover the request (lazy refill, as in Firecracker).
    *
-   * A request larger than `size` is granted: the budget is emptied and the excess is paid for
-   * by the returned blocking time. Unlike Firecracker, the bucket also produces no tokens during
-   * that time (the excess is a debt), so sustained oversized requests still run at
-   * size/refillTime rather than up to twice that.
+   * A request larger than `size` is granted: the budget is emptied and the caller is told to
+   * block the bucket for `excess / size × refillTime` (Firecracker's OverConsumption). As in
+   * Firecracker, the bucket refills as usual while it is blocked.
    * @throws RateLimitError BAD_TOKENS unless `tokens` is a non-negative safe integer.
    */
   reduce(tokens: number): BucketReduction {
@@ -197,8 +204,7 @@ export class TokenBucket {
       if (tokens > this.size) {
         const excess = BigInt(tokens - this.tokens);
         this.tokens = 0;
-        this.carry -= excess * this.processedRefillNs;
-        const blockNs = ceilDiv(-this.carry, this.processedCapacity);
+        const blockNs = ceilDiv(excess * this.processedRefillNs, this.processedCapacity);
         return { kind: 'overConsumption', ratio: Number(excess) / this.size, blockNs };
       }
       if (tokens > this.tokens) {

@@ -8,6 +8,7 @@
  */
 import type { GuestMemory } from '../memory/guest-memory';
 import { VirtioError } from './errors';
+import type { Queue } from './queue';
 
 /** One guest buffer of a chain: `len` bytes at guest physical `addr`, wholly inside guest memory. */
 export interface DescriptorSegment {
@@ -21,7 +22,7 @@ const EMPTY: readonly DescriptorSegment[] = Object.freeze([]);
 
 /**
  * A descriptor chain made available by the driver, split into its device-readable buffers
- * followed by its device-writable buffers (§2.7.4.2: readable descriptors come first).
+ * followed by its device-writable buffers (§2.7.4: device-readable descriptors come first).
  *
  * When `error` is set the chain was malformed: its head was consumed, `readable` and `writable`
  * are empty, and the device should complete it with `addUsed(headIndex, 0)`.
@@ -40,6 +41,7 @@ export class DescriptorChain {
   /** Why the chain was rejected, if it was. */
   readonly error?: VirtioError;
 
+  /** Builds a chain from already validated segments (see {@link Queue.pop}). */
   constructor(
     headIndex: number,
     readable: readonly DescriptorSegment[],
@@ -64,10 +66,15 @@ export class DescriptorChain {
 
 /** Shared cursor over a list of segments. */
 abstract class SegmentCursor {
+  /** @internal Guest memory the segments live in. */
   protected readonly mem: GuestMemory;
+  /** @internal Segments still owned by this cursor. */
   protected segs: readonly DescriptorSegment[];
+  /** @internal Index of the current segment. */
   protected seg = 0;
+  /** @internal Offset inside the current segment. */
   protected off = 0;
+  /** @internal Bytes not yet consumed. */
   protected left: number;
 
   constructor(mem: GuestMemory, segs: readonly DescriptorSegment[], total: number) {
@@ -81,13 +88,14 @@ abstract class SegmentCursor {
     return this.left;
   }
 
+  /** @internal Throws CHAIN_TOO_SHORT unless `len` more bytes exist. */
   protected need(len: number, what: string): void {
     if (!Number.isSafeInteger(len) || len < 0 || len > this.left) {
       throw new VirtioError('CHAIN_TOO_SHORT', `${what} of ${len} bytes but only ${this.left} remain in the chain`);
     }
   }
 
-  /** Views over the next `len` bytes (already bounds-checked by `need`), consuming them. */
+  /** @internal Views over the next `len` bytes (already bounds-checked by `need`), consuming them. */
   protected take(len: number): Uint8Array[] {
     const out: Uint8Array[] = [];
     while (len > 0) {
@@ -100,6 +108,7 @@ abstract class SegmentCursor {
     return out;
   }
 
+  /** @internal Consumes `n` bytes of the current segment. */
   protected advance(n: number): void {
     this.left -= n;
     this.off += n;

@@ -36,6 +36,7 @@ export class VirtioError extends Error {
   /** Discriminant for programmatic handling. */
   readonly code: VirtioErrorCode;
 
+  /** @param code why; @param message details for humans. */
   constructor(code: VirtioErrorCode, message: string) {
     super(message);
     this.name = 'VirtioError';

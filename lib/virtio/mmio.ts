@@ -72,7 +72,15 @@ export interface MmioTransportEffects {
   irq: IrqLine;
   /** `'edge'` (default): one trigger() per interrupt; `'level'`: setLevel while InterruptStatus ≠ 0. */
   irqMode?: 'edge' | 'level';
+  /**
+   * Runs `fn` later on the event loop (default `setImmediate`): used to continue a queue whose
+   * pop budget ran out, so one busy queue cannot monopolise the loop.
+   */
+  defer?: (fn: () => void) => void;
 }
+
+/** Chains processed per notification before the rest is deferred, as a multiple of the queue size. */
+export const POP_BUDGET_PER_QUEUE_SIZE = 4;
 
 /** Features the transport and {@link Queue} implement for every device. */
 const TRANSPORT_FEATURES =
@@ -123,6 +131,9 @@ export class MmioTransport implements BusDevice {
   private readonly irq: IrqLine;
   private readonly levelIrq: boolean;
   private readonly addrRegs: QueueAddressRegs[];
+  private readonly defer: (fn: () => void) => void;
+  /** Queues with a deferred continuation scheduled. */
+  private readonly deferred: boolean[];
 
   private deviceStatus = 0;
   private interruptStatus = 0;
@@ -141,6 +152,7 @@ export class MmioTransport implements BusDevice {
   private readonly counters = {
     notifications: 0,
     ignoredNotifications: 0,
+    deferredRuns: 0,
     interrupts: 0,
     configReads: 0,
     configWrites: 0,
@@ -164,6 +176,8 @@ export class MmioTransport implements BusDevice {
     this.levelIrq = effects.irqMode === 'level';
     this.queues = device.queueMaxSizes.map((n) => new Queue(n));
     this.addrRegs = this.queues.map(() => zeroRegs());
+    this.deferred = this.queues.map(() => false);
+    this.defer = effects.defer ?? ((fn) => void setImmediate(fn));
     this.offeredFeatures = device.deviceFeatures | TRANSPORT_FEATURES;
   }
 
@@ -294,11 +308,15 @@ export class MmioTransport implements BusDevice {
    */
   notify(queueIndex: number): void {
     this.counters.notifications++;
+    if (!this.runQueue(queueIndex)) this.counters.ignoredNotifications++;
+  }
+
+  /** Runs processQueue under a pop budget; false if the queue cannot be processed now. */
+  private runQueue(queueIndex: number): boolean {
     const q = Number.isInteger(queueIndex) ? this.queues[queueIndex] : undefined;
-    if (!q || !this.activated || this.halted || !q.ready || q.broken) {
-      this.counters.ignoredNotifications++;
-      return;
-    }
+    if (!q || !this.activated || this.halted || !q.ready || q.broken) return false;
+    q.setPopBudget(POP_BUDGET_PER_QUEUE_SIZE * q.size);
+    let exhausted = false;
     try {
       this.device.processQueue(queueIndex);
     } catch {
@@ -306,7 +324,10 @@ export class MmioTransport implements BusDevice {
       // A queue-level failure (the device let pop's error through) stops that queue only.
       if (!q.broken) this.halted = true;
       this.needsReset();
-      return;
+      return true;
+    } finally {
+      exhausted = q.popBudgetExhausted;
+      q.setPopBudget(Infinity);
     }
     for (const other of this.queues) {
       if (other.broken) {
@@ -314,6 +335,17 @@ export class MmioTransport implements BusDevice {
         break;
       }
     }
+    if (exhausted && !q.broken && !this.halted && !this.deferred[queueIndex]) {
+      this.deferred[queueIndex] = true;
+      const epoch = this.epoch;
+      this.defer(() => {
+        if (epoch !== this.epoch) return;
+        this.deferred[queueIndex] = false;
+        this.counters.deferredRuns++;
+        this.runQueue(queueIndex);
+      });
+    }
+    return true;
   }
 
   /** The device configuration changed: bump ConfigGeneration and raise a config interrupt. */
@@ -469,7 +501,7 @@ export class MmioTransport implements BusDevice {
       }
       cur |= bit;
     }
-    this.deviceStatus = cur | keep | (this.deviceStatus & VIRTIO_STATUS_DEVICE_NEEDS_RESET);
+    this.deviceStatus = cur | keep;
   }
 
   /** The driver accepted only offered features, and VERSION_1 among them. */
@@ -533,6 +565,7 @@ export class MmioTransport implements BusDevice {
       this.counters.deviceErrors++;
     }
     for (const q of this.queues) q.reset();
+    this.deferred.fill(false);
     for (let i = 0; i < this.addrRegs.length; i++) this.addrRegs[i] = zeroRegs();
     this.deviceStatus = 0;
     this.driverFeatures = 0n;

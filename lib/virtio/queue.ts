@@ -102,6 +102,9 @@ export class Queue {
   /** Whether the device currently wants avail notifications (see {@link disableNotification}). */
   private notifyEnabled = true;
   private brokenBy: VirtioError | null = null;
+  /** Chains {@link pop} may still return before pausing; see {@link setPopBudget}. */
+  private popBudget = Infinity;
+  private budgetHit = false;
 
   /**
    * @param maxSize the largest queue size the device accepts; a power of two up to 32768.
@@ -134,11 +137,32 @@ export class Queue {
     this.signalledUsed = null;
     this.notifyEnabled = true;
     this.brokenBy = null;
+    this.popBudget = Infinity;
+    this.budgetHit = false;
+  }
+
+  /**
+   * Bounds how many chains {@link pop} returns before it starts answering null (and
+   * {@link enableNotification} false). JS devices run on the event loop, and a driver that keeps
+   * refilling the ring — or rings laid out to overlap so that the device's own used-idx writes look
+   * like new avail entries — could otherwise keep one processQueue call spinning forever. The
+   * transport sets a budget around each notification and reschedules the queue when it ran out.
+   * `Infinity` (the default) means unbounded.
+   */
+  setPopBudget(chains: number): void {
+    this.popBudget = chains;
+    this.budgetHit = false;
+  }
+
+  /** Whether pop or enableNotification stopped early because the pop budget was used up. */
+  get popBudgetExhausted(): boolean {
+    return this.budgetHit;
   }
 
   /**
    * Why the current configuration cannot be used, or null if it can: size a power of two
-   * ≤ maxSize, each ring aligned as §2.7 requires (16/2/4) and wholly inside one guest memory region.
+   * ≤ maxSize, each part aligned as §2.7 requires (16/2/4), wholly inside one guest memory region,
+   * and not overlapping the other parts.
    */
   validate(mem: GuestMemory): VirtioError | null {
     const size = this.size;
@@ -156,6 +180,18 @@ export class Queue {
       }
       if (!mem.checkRange(addr, bytes)) {
         return new VirtioError('BAD_QUEUE_CONFIG', `${name} 0x${addr.toString(16)}+${bytes} is outside guest memory`);
+      }
+    }
+    // No driver lays the parts out overlapping (Linux's vring layout is sequential). Refusing it
+    // means the device's own ring writes (used elements, used idx, avail_event) can never rewrite
+    // the descriptors or avail entries it is reading.
+    for (let i = 0; i < parts.length; i++) {
+      for (let j = i + 1; j < parts.length; j++) {
+        const [a, aAddr, , aLen] = parts[i];
+        const [b, bAddr, , bLen] = parts[j];
+        if (aAddr < bAddr + bLen && bAddr < aAddr + aLen) {
+          return new VirtioError('BAD_QUEUE_CONFIG', `${a} and ${b} overlap`);
+        }
       }
     }
     return null;
@@ -179,7 +215,7 @@ export class Queue {
   /** Re-reads avail idx; returns whether chains are pending. Throws (ring-level) if it is too far ahead. */
   private refreshAvail(mem: GuestMemory): boolean {
     const idx = mem.readU16(this.availRing + AVAIL_IDX);
-    // §2.7.13.3: the driver can have at most `size` chains outstanding.
+    // The avail ring has `size` slots (§2.7.6): the driver cannot be further ahead than that.
     if (((idx - this.nextAvail) & 0xffff) > this.size) {
       throw new VirtioError('AVAIL_IDX_TOO_FAR', `avail idx ${idx} is more than ${this.size} ahead of ${this.nextAvail}`);
     }
@@ -198,6 +234,10 @@ export class Queue {
   pop(mem: GuestMemory): DescriptorChain | null {
     if (this.brokenBy) throw this.brokenBy;
     if (!this.ready) throw new VirtioError('QUEUE_NOT_READY', 'pop on a queue that is not ready');
+    if (this.popBudget <= 0) {
+      this.budgetHit = true;
+      return null;
+    }
     try {
       if (this.nextAvail === this.cachedAvailIdx && !this.refreshAvail(mem)) {
         if (!this.eventIdx || !this.notifyEnabled) return null;
@@ -211,6 +251,7 @@ export class Queue {
       }
       this.nextAvail = (this.nextAvail + 1) & 0xffff;
       this.poppedChains++;
+      this.popBudget--;
       const chain = this.walkChain(mem, head);
       if (chain.error) this.malformedChains++;
       return chain;
@@ -227,6 +268,7 @@ export class Queue {
   undoPop(): void {
     this.nextAvail = (this.nextAvail - 1) & 0xffff;
     if (this.poppedChains > 0) this.poppedChains--;
+    this.popBudget++;
   }
 
   /**
@@ -243,7 +285,7 @@ export class Queue {
     let indirect = false;
     let index = head;
     // Descriptors visited: in the current table (loop bound) and in total (§2.7.5.3.1: a chain,
-    // indirect entries included, is no longer than the queue size).
+    // indirect entries included, is no longer than the queue size; §2.7.5.2 forbids loops).
     let visitedInTable = 0;
     let total = 0;
     const bad = (code: VirtioError['code'], msg: string) =>
@@ -309,10 +351,12 @@ export class Queue {
    * Completes the chain `headIndex`, reporting `len` bytes written into its writable buffers: the
    * used element is written first, then the used idx that publishes it (§2.7.8).
    * @throws VirtioError `BAD_USED_INDEX` for a head outside the queue or a length that is not a u32
-   *   (a device bug), or a ring-level error if the used ring is unusable.
+   *   (a device bug), `QUEUE_NOT_READY` after a reset, or a ring-level error if the used ring is unusable.
    */
   addUsed(mem: GuestMemory, headIndex: number, len: number): void {
     if (this.brokenBy) throw this.brokenBy;
+    // After a reset the ring addresses are gone: a late completion must not write to guest address 0.
+    if (!this.ready) throw new VirtioError('QUEUE_NOT_READY', 'addUsed on a queue that is not ready');
     if (!Number.isInteger(headIndex) || headIndex < 0 || headIndex >= this.size) {
       throw new VirtioError('BAD_USED_INDEX', `used head ${headIndex} outside queue of ${this.size}`);
     }
@@ -334,9 +378,10 @@ export class Queue {
    * Whether the driver wants a used-buffer notification for what was added since the last time
    * this returned true: with EVENT_IDX, `vring_need_event(used_event, nextUsed, lastSignalled)`
    * (§2.7.7.2); otherwise unless the driver set VIRTQ_AVAIL_F_NO_INTERRUPT (§2.7.7.1).
-   * Never throws; a ring-level failure breaks the queue and answers true.
+   * Never throws; a ring-level failure breaks the queue and answers true; false when not ready.
    */
   needsNotification(mem: GuestMemory): boolean {
+    if (!this.ready) return false;
     try {
       if (!this.eventIdx) {
         return (mem.readU16(this.availRing + AVAIL_FLAGS) & VIRTQ_AVAIL_F_NO_INTERRUPT) === 0;
@@ -356,18 +401,25 @@ export class Queue {
   /**
    * Asks the driver for avail notifications again (§2.7.10): with EVENT_IDX publishes
    * `avail_event = nextAvail`, otherwise clears VIRTQ_USED_F_NO_NOTIFY. Returns true if chains
-   * were made available meanwhile, i.e. the device must pop again before sleeping.
+   * were made available meanwhile, i.e. the device must pop again before sleeping (false if the
+   * pop budget is used up: the transport then reschedules the queue).
    * Never throws; a ring-level failure breaks the queue and answers false.
    */
   enableNotification(mem: GuestMemory): boolean {
     this.notifyEnabled = true;
+    if (!this.ready || this.brokenBy) return false;
     try {
       if (this.eventIdx) {
         mem.writeU16(this.usedRing + USED_RING + VIRTQ_USED_ELEM_SIZE * this.size, this.nextAvail);
       } else {
         mem.writeU16(this.usedRing + USED_FLAGS, 0);
       }
-      return this.refreshAvail(mem);
+      const pending = this.refreshAvail(mem);
+      if (pending && this.popBudget <= 0) {
+        this.budgetHit = true;
+        return false;
+      }
+      return pending;
     } catch (e) {
       this.fail(e);
       return false;
@@ -381,7 +433,7 @@ export class Queue {
    */
   disableNotification(mem: GuestMemory): void {
     this.notifyEnabled = false;
-    if (this.eventIdx) return;
+    if (this.eventIdx || !this.ready || this.brokenBy) return;
     try {
       mem.writeU16(this.usedRing + USED_FLAGS, VIRTQ_USED_F_NO_NOTIFY);
     } catch (e) {

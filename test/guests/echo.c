@@ -31,9 +31,10 @@
 #define LAPIC_DM_EXTINT 0x700
 #define LAPIC_DM_NMI 0x400
 
-#define RING_SIZE 256 /* power of two */
+#define RING_SIZE 1024 /* power of two */
 #define LINE_MAX 200
-#define DRAIN_MAX 64  /* bytes per interrupt; bounds a stuck LSR.DR */
+#define DRAIN_MAX 4096 /* bounds a stuck LSR.DR; must exceed what can arrive
+			* during one drain, or a level IRQ on an edge PIC stays high */
 
 static volatile uint8_t ring[RING_SIZE];
 static volatile uint32_t ring_head, ring_tail;

@@ -58,7 +58,12 @@ isr_common:
 	/* (%rsp) = RIP, 8 = CS, 16 = RFLAGS, 24 = RSP, 32 = SS */
 	movq	%rax, isr_scratch(%rip)
 	movq	(%rsp), %rax
-	movq	24(%rsp), %rsp
+	/* Should an implementation ignore the STI shadow and interrupt before
+	 * HLT, returning there with IF=0 would halt forever: step over it. */
+	cmpb	$0xF4, (%rax)
+	jne	1f
+	incq	%rax
+1:	movq	24(%rsp), %rsp
 	pushq	%rax			/* below the interrupted RSP: no red zone */
 	movq	isr_scratch(%rip), %rax
 	ret

@@ -112,7 +112,7 @@ int kt_strncmp(const char *a, const char *b, size_t n);
 uint32_t kt_byte_sum(const void *p, uint64_t n);
 
 /* ---- command line ---------------------------------------------------- */
-#define KT_MAX_VIRTIO 16
+#define KT_MAX_VIRTIO 32
 struct kt_virtio_mmio {
 	uint64_t base;
 	uint64_t size;

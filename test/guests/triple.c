@@ -18,7 +18,8 @@ void kt_main(void)
 {
 	char kind[8] = "gp";
 	kt_cmdline_get("triple", kind, sizeof(kind));
-	kt_printf("KT: TRIPLE %s\n", kind);
+	kt_printf("KT: triple_kind=%s\n", kind);
+	uart_puts("KT: TRIPLE\n");
 
 	struct {
 		uint16_t limit;

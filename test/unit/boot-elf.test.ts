@@ -1,5 +1,6 @@
 import { existsSync, readFileSync } from 'fs';
 import { join } from 'path';
+import fc from 'fast-check';
 import { GuestMemory } from '../../lib/memory/guest-memory';
 import { BootError, loadElf, loadKernel, parseElf, EM_X86_64, ET_EXEC } from '../../lib/boot';
 
@@ -132,6 +133,24 @@ describe('ELF loader', () => {
 
   it('refuses something that is neither ELF nor bzImage', () => {
     expectBootError(() => loadKernel(GuestMemory.anonymous(4 * MiB), new Uint8Array(1024)), 'BAD_IMAGE', /neither an ELF64/);
+  });
+
+  it('fails only with BootError on corrupted images, never writing below 1 MiB', () => {
+    const base = makeElf({ entry: 0x200000n, segs: [{ paddr: 0x200000, data: code }, { paddr: 0x201000, data: code, memsz: 0x40 }] });
+    fc.assert(
+      fc.property(fc.array(fc.tuple(fc.nat(base.length - 1), fc.integer({ min: 0, max: 255 })), { minLength: 1, maxLength: 8 }), (edits) => {
+        const img = base.slice();
+        for (const [at, b] of edits) img[at] = b;
+        const mem = GuestMemory.anonymous(4 * MiB);
+        try {
+          loadKernel(mem, img);
+        } catch (e) {
+          expect(e).toBeInstanceOf(BootError);
+        }
+        expect(mem.read(0, 0x100000).every((b) => b === 0)).toBe(true);
+      }),
+      { numRuns: 300 },
+    );
   });
 
   const hello = join(__dirname, '../guests/out/hello.elf');

@@ -161,13 +161,14 @@ describe('TokenBucket', () => {
     const r = b.reduce(3500);
     expect(r).toEqual({ kind: 'overConsumption', ratio: 2.5, blockNs: 250n * MS });
     expect(b.budget).toBe(0);
-    // The excess is a debt: no tokens appear until it is repaid.
-    t.advance(250);
-    b.replenish();
-    expect(b.budget).toBe(0);
+    // As in Firecracker the bucket keeps refilling while the caller blocks: 10 ms make 100 tokens,
+    // and after the whole 250 ms block it is full again.
     t.advance(10);
     b.replenish();
     expect(b.budget).toBe(100);
+    t.advance(240);
+    b.replenish();
+    expect(b.budget).toBe(1000);
   });
 
   test('size or refillTime 0 disables the bucket', () => {
@@ -261,7 +262,7 @@ describe('RateLimiter', () => {
     expect(rl.metrics().overConsumptions).toBe(1);
   });
 
-  test('sustained oversized requests still run at size/refillTime', () => {
+  test('sustained oversized requests follow Firecracker: each blocks for its excess over the budget', () => {
     const rl = make({ bandwidth: { size: 1000, refillTime: 10 } });
     let bytes = 0;
     rl.onUnblocked = () => {
@@ -269,9 +270,11 @@ describe('RateLimiter', () => {
     };
     rl.onUnblocked();
     t.advance(10_000);
-    // 1000 bytes per 10 ms for 10 s = 1,000,000 (+ the initial fill and one request in flight).
-    expect(bytes).toBeGreaterThanOrEqual(1_000_000);
-    expect(bytes).toBeLessThanOrEqual(1_000_000 + 1000 + 2500);
+    // Each 2500-byte request finds a full bucket (1000), blocks for (2500-1000)/1000 × 10 ms = 15 ms,
+    // during which the bucket refills to full again: 2500 bytes per 15 ms over 10 s.
+    const expected = 2500 * Math.floor(10_000 / 15);
+    expect(bytes).toBeGreaterThanOrEqual(expected);
+    expect(bytes).toBeLessThanOrEqual(expected + 2 * 2500);
   });
 
   test('manualReplenish undoes a consume', () => {

@@ -114,7 +114,9 @@ export class FileBackend implements BlockBackend {
 
   /** Regular files: st_size. Block devices report 0 there; their size is in sysfs (512-byte units). */
   private static async sizeOf(fd: number, path: string): Promise<number> {
-    const st = await fs.promises.stat(`/proc/self/fd/${fd}`, { bigint: true }).catch(() => fs.promises.stat(path, { bigint: true }));
+    const st = await new Promise<fs.BigIntStats>((resolve, reject) =>
+      fs.fstat(fd, { bigint: true }, (err, s) => (err ? reject(err) : resolve(s))),
+    );
     if (st.isFile()) return Number(st.size);
     if (st.isBlockDevice()) {
       // glibc's major()/minor() split of a 64-bit dev_t.

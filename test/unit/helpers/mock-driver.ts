@@ -386,6 +386,8 @@ export class EchoDevice implements VirtioDevice {
   resets = 0;
   /** When set, processQueue rethrows pop errors instead of swallowing them. */
   propagatePopErrors = false;
+  /** Called after each completion (e.g. to play a driver that refills the ring concurrently). */
+  onComplete?: () => void;
 
   constructor(queueMaxSizes: readonly number[] = [256], deviceFeatures = 0n) {
     this.queueMaxSizes = queueMaxSizes;
@@ -429,6 +431,7 @@ export class EchoDevice implements VirtioDevice {
             q.addUsed(mem, chain.headIndex, w.written);
           }
           used = true;
+          this.onComplete?.();
         }
       } while (q.enableNotification(mem));
     } catch (e) {

@@ -1,0 +1,190 @@
+#!/usr/bin/env bash
+# kvm-in-qemu.sh — run a host command inside a QEMU guest that has a working /dev/kvm.
+#
+# What it is for: development machines that have no usable /dev/kvm (containers,
+# cloud VMs without nested virtualisation). It boots a Debian kernel under QEMU
+# *TCG* (pure software emulation, `-cpu max`, which emulates AMD SVM incl. nested
+# paging), loads kvm + kvm-amd inside the guest, mounts the host's / over 9p and
+# chroots into it, so the command sees the same files, binaries (node, gcc, ...)
+# and working directory as on the host (except /proc, /sys, /dev and by default
+# /tmp, which are the guest's own), with a real (if slow) KVM behind /dev/kvm.
+# Everything is emulated: expect ~8 s boot and code running 10-50x slower than native.
+#
+# It is NOT used on real KVM hosts (CI / machines with /dev/kvm run the tests directly).
+#
+# Usage:  scripts/kvm-in-qemu.sh [-C DIR] [--] COMMAND [ARGS...]
+#   Runs COMMAND in DIR (default: current directory) inside the guest, as root,
+#   with the caller's exported environment, stdin=/dev/null. Guest stdout/stderr
+#   are streamed to this script's stdout/stderr; the exit status is propagated
+#   (125 = guest failed before reporting a status).
+# Environment:
+#   KVMQ_CACHE   cache dir for kernel + initramfs (default ~/.cache/kindling-kvmq)
+#   KVMQ_MEM     guest RAM in MiB (default 4096)
+#   KVMQ_SMP     guest vCPUs (default: host cores, max 4)
+#   KVMQ_TIMEOUT kill the guest after N seconds (default 0 = no limit)
+#   KVMQ_KERNEL_PKG  Debian kernel package (default: what linux-image-amd64 depends on)
+#   KVMQ_HOST_TMP=1  see the host's /tmp (default: fresh tmpfs on /tmp, because
+#                    AF_UNIX sockets cannot be created on the 9p mount; implied
+#                    when DIR is under /tmp)
+#   KVMQ_VERBOSE=1   print boot timing
+# Requirements: Debian/Ubuntu-like host with apt (installs qemu-system-x86 and
+# busybox-static if missing), run as root (9p passthrough needs it).
+set -euo pipefail
+
+die() { echo "kvm-in-qemu: $*" >&2; exit 125; }
+
+WORKDIR=$PWD
+while [ $# -gt 0 ]; do
+  case "$1" in
+    -C) WORKDIR=$2; shift 2 ;;
+    --) shift; break ;;
+    -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d'; exit 0 ;;
+    *) break ;;
+  esac
+done
+[ $# -gt 0 ] || die "usage: $0 [-C DIR] [--] COMMAND [ARGS...]"
+WORKDIR=$(cd "$WORKDIR" && pwd -P)
+[ "$(id -u)" = 0 ] || die "must run as root (9p passthrough of / needs it)"
+
+CACHE=${KVMQ_CACHE:-${HOME:-/root}/.cache/kindling-kvmq}
+MEM=${KVMQ_MEM:-4096}
+NCPU=$(nproc); SMP=${KVMQ_SMP:-$(( NCPU > 4 ? 4 : NCPU ))}
+TIMEOUT=${KVMQ_TIMEOUT:-0}
+mkdir -p "$CACHE"
+
+# --- host packages -----------------------------------------------------------
+if ! command -v qemu-system-x86_64 >/dev/null || [ ! -x /bin/busybox ]; then
+  echo "kvm-in-qemu: installing qemu-system-x86 busybox-static" >&2
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q qemu-system-x86 busybox-static >&2 \
+    || { apt-get update -q >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q qemu-system-x86 busybox-static >&2; } \
+    || die "apt-get install failed"
+fi
+/bin/busybox --list | grep -qx cpio || die "/bin/busybox lacks cpio (need busybox-static)"
+
+# --- kernel --------------------------------------------------------------------
+KPKG=${KVMQ_KERNEL_PKG:-}
+if [ -z "$KPKG" ]; then
+  KPKG=$(ls -d "$CACHE"/linux-image-* 2>/dev/null | sed -n 's|.*/||p' | sort -V | tail -1 || true)
+  [ -n "$KPKG" ] || KPKG=$(apt-cache depends linux-image-amd64 2>/dev/null | awk '/Depends: linux-image-[0-9]/{print $2; exit}')
+  [ -n "$KPKG" ] || die "cannot determine kernel package (apt-cache depends linux-image-amd64)"
+fi
+KDIR=$CACHE/$KPKG
+if [ ! -f "$KDIR/.done" ]; then
+  echo "kvm-in-qemu: downloading $KPKG" >&2
+  rm -rf "$KDIR" "$CACHE/dl"; mkdir -p "$CACHE/dl"
+  (cd "$CACHE/dl" && apt-get download -q "$KPKG" >&2 2>/dev/null || apt-get download "$KPKG" >&2) || die "apt-get download $KPKG failed"
+  dpkg-deb -x "$CACHE"/dl/*.deb "$KDIR" || die "dpkg-deb -x failed"
+  rm -rf "$CACHE/dl"; touch "$KDIR/.done"
+fi
+VMLINUZ=$(ls "$KDIR"/boot/vmlinuz-* | head -1)
+KMOD=$(ls -d "$KDIR"/lib/modules/*/kernel | head -1)
+
+# --- initramfs -------------------------------------------------------------------
+# Modules wanted; their dependencies are resolved from each .ko's modinfo "depends=".
+WANT="virtio_pci 9pnet_virtio 9p kvm_amd"
+declare -A KOPATH=() SEEN=()
+while IFS= read -r f; do n=${f##*/}; n=${n%.ko}; KOPATH[${n//-/_}]=$f; done < <(find "$KMOD" -name '*.ko')
+MODS=""
+add_mod() {
+  local n=${1//-/_} d
+  [ -n "${SEEN[$n]:-}" ] && return; SEEN[$n]=1
+  [ -n "${KOPATH[$n]:-}" ] || die "module $n not found in $KPKG (built in? then drop it from WANT)"
+  for d in $(tr '\0' '\n' < "${KOPATH[$n]}" | sed -n 's/^depends=//p' | tr ',' ' '); do add_mod "$d"; done
+  MODS="$MODS $n"
+}
+for m in $WANT; do add_mod "$m"; done
+read -r -d '' INIT <<'EOF' || true
+#!/bin/busybox sh
+/bin/busybox --install -s /bin
+export PATH=/bin
+mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev
+for m in $(cat /mod/order); do insmod /mod/$m.ko 2>&1 | grep -v 'File exists'; done
+JOB=$(sed -n 's/.*kvmq\.job=\([^ ]*\).*/\1/p' /proc/cmdline)
+stty -F /dev/ttyS1 raw -echo; stty -F /dev/ttyS2 raw -echo
+if ! mount -t 9p -o trans=virtio,version=9p2000.L,msize=512000,cache=loose,access=any hostroot /host; then
+  echo "kvm-in-qemu(guest): 9p mount of host / failed" >/dev/ttyS2; poweroff -f
+fi
+mount -t proc proc /host/proc; mount -t sysfs sys /host/sys; mount -t devtmpfs dev /host/dev
+mkdir -p /host/dev/pts /host/dev/shm
+mount -t devpts devpts /host/dev/pts; mount -t tmpfs shm /host/dev/shm
+[ -c /host/dev/kvm ] || echo "kvm-in-qemu(guest): no /dev/kvm: $(dmesg | grep -i -E 'kvm|svm' | tail -3)" >/dev/ttyS2
+echo "$(cut -d' ' -f1 /proc/uptime)" > /host$JOB/ready
+[ -e /host$JOB/hosttmp ] || mount -t tmpfs tmp /host/tmp
+# stdout/stderr are guest ttys only if the host's are ttys; otherwise pipes.
+O=/dev/ttyS1; E=/dev/ttyS2
+if [ ! -e /host$JOB/tty1 ]; then mkfifo /p1; cat /p1 >/dev/ttyS1 & C1=$!; O=/p1; fi
+if [ ! -e /host$JOB/tty2 ]; then mkfifo /p2; cat /p2 >/dev/ttyS2 & C2=$!; E=/p2; fi
+chroot /host /bin/bash "$JOB/cmd" </dev/null >$O 2>$E
+RC=$?
+wait $C1 $C2
+echo $RC > /host$JOB/rc
+sync
+umount /host/dev/shm /host/dev/pts /host/dev /host/sys /host/proc /host 2>/dev/null
+poweroff -f
+EOF
+SIG=$( { echo "$INIT"; echo "$MODS"; echo "$KPKG"; } | md5sum | cut -c1-12)
+INITRD=$CACHE/initrd-$SIG.gz
+if [ ! -f "$INITRD" ]; then
+  T=$(mktemp -d "$CACHE/initrd.XXXXXX")
+  mkdir -p "$T"/{bin,mod,host,proc,sys,dev}
+  cp /bin/busybox "$T/bin/"
+  for m in $MODS; do cp "${KOPATH[$m]}" "$T/mod/$m.ko"; echo "$m" >> "$T/mod/order"; done
+  printf '%s\n' "$INIT" > "$T/init"; chmod +x "$T/init"
+  (cd "$T" && find . | /bin/busybox cpio -o -H newc 2>/dev/null | gzip -1) > "$INITRD.tmp"
+  mv "$INITRD.tmp" "$INITRD"; rm -rf "$T"
+fi
+
+# --- job -----------------------------------------------------------------------
+JOB=$(mktemp -d "$CACHE/job.XXXXXX")
+QPID=
+cleanup() { [ -n "$QPID" ] && kill "$QPID" 2>/dev/null; rm -rf "$JOB"; }
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+{
+  export -p | grep -v -E '^declare -x (PWD|OLDPWD|SHLVL|_)(=|$)'
+  printf 'cd %q || exit 125\n' "$WORKDIR"
+  printf 'exec'; printf ' %q' "$@"; printf '\n'
+} > "$JOB/cmd"
+[ -t 1 ] && touch "$JOB/tty1"
+[ -t 2 ] && touch "$JOB/tty2"
+case "$WORKDIR/" in /tmp/*) KVMQ_HOST_TMP=1 ;; esac
+[ "${KVMQ_HOST_TMP:-0}" = 1 ] && touch "$JOB/hosttmp"
+
+FSMODEL=passthrough
+T0=$(date +%s.%N)
+# Guest ttyS1/ttyS2 -> fifos -> cat -> our stdout/stderr (shares our fds, so it
+# works for ttys, pipes and files alike).
+mkfifo "$JOB/out.fifo" "$JOB/err.fifo"
+cat "$JOB/out.fifo" & CAT1=$!
+cat "$JOB/err.fifo" >&2 & CAT2=$!
+set +e
+qemu-system-x86_64 -accel tcg,thread=multi -cpu max -m "$MEM" -smp "$SMP" \
+  -display none -monitor none -no-reboot -nodefaults \
+  -kernel "$VMLINUZ" -initrd "$INITRD" \
+  -append "console=ttyS0 quiet panic=-1 mitigations=off kvmq.job=$JOB" \
+  -serial "file:$JOB/console.log" \
+  -chardev file,id=out,path="$JOB/out.fifo" -serial chardev:out \
+  -chardev file,id=err,path="$JOB/err.fifo" -serial chardev:err \
+  -fsdev local,id=hostroot,path=/,security_model=$FSMODEL,multidevs=remap \
+  -device virtio-9p-pci,fsdev=hostroot,mount_tag=hostroot &
+QPID=$!
+if [ "$TIMEOUT" -gt 0 ]; then
+  ( sleep "$TIMEOUT"; kill "$QPID" 2>/dev/null && echo "kvm-in-qemu: timeout after ${TIMEOUT}s" >&2 ) &
+  WPID=$!
+fi
+wait "$QPID"; QRC=$?; QPID=
+[ -n "${WPID:-}" ] && kill "$WPID" 2>/dev/null
+# If qemu died before opening the fifos, unblock the readers (no-op otherwise).
+for f in out err; do dd if=/dev/null of="$JOB/$f.fifo" oflag=nonblock status=none 2>/dev/null; done
+wait "$CAT1" "$CAT2"
+set -e
+T1=$(date +%s.%N)
+if [ "${KVMQ_VERBOSE:-0}" = 1 ]; then
+  echo "kvm-in-qemu: guest uptime at command start $(cat "$JOB/ready" 2>/dev/null)s, total wall $(awk "BEGIN{printf \"%.1f\", $T1 - $T0}")s" >&2
+fi
+if [ -s "$JOB/rc" ]; then
+  exit "$(cat "$JOB/rc")"
+fi
+echo "kvm-in-qemu: guest did not report an exit status (qemu rc $QRC); console tail:" >&2
+tail -n 30 "$JOB/console.log" >&2 || true
+exit 125

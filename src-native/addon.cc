@@ -1,0 +1,42 @@
+// Module registration. The addon is policy-free: see lib/native/types.ts for the contract.
+#include <napi.h>
+
+#include "addon_data.h"
+#include "errors.h"
+#include "eventfd.h"
+#include "fd_watch.h"
+#include "kvm_system.h"
+#include "test_hooks.h"
+#include "vcpu.h"
+#include "vm.h"
+#include "vm_core.h"
+
+namespace kindling {
+
+Napi::Object Init(Napi::Env env, Napi::Object exports) {
+  InstallKickSignalHandler();
+  auto* data = new AddonData();
+  env.SetInstanceData<AddonData>(data);
+  data->kvmCtor = Napi::Persistent(KvmSystem::Init(env));
+  data->vmCtor = Napi::Persistent(Vm::Init(env));
+  data->vcpuCtor = Napi::Persistent(Vcpu::Init(env));
+  data->watchCtor = Napi::Persistent(FdWatch::Init(env));
+
+  exports.Set("openKvm", Napi::Function::New<OpenKvm>(env, "openKvm"));
+  exports.Set("eventfd", Napi::Function::New<EventFd>(env, "eventfd"));
+  exports.Set("eventfdWrite", Napi::Function::New<EventFdWrite>(env, "eventfdWrite"));
+  exports.Set("eventfdRead", Napi::Function::New<EventFdRead>(env, "eventfdRead"));
+  exports.Set("watchEventfd", Napi::Function::New<WatchEventFd>(env, "watchEventfd"));
+  exports.Set("closeFd", Napi::Function::New<CloseFd>(env, "closeFd"));
+  exports.Set("residentPages", Napi::Function::New<ResidentPages>(env, "residentPages"));
+  exports.Set("setErrorClass", Napi::Function::New<SetErrorClass>(env, "setErrorClass"));
+  exports.Set("kickSignal", Napi::Number::New(env, KickSignal()));
+  exports.Set("_testing", CreateTestHooks(env));
+  return exports;
+}
+
+}  // namespace kindling
+
+static Napi::Object InitModule(Napi::Env env, Napi::Object exports) { return kindling::Init(env, exports); }
+
+NODE_API_MODULE(kindling, InitModule)

@@ -1,0 +1,519 @@
+#include "vm.h"
+
+#include <errno.h>
+#include <linux/kvm.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <cstring>
+#include <system_error>
+
+#include "addon_data.h"
+#include "convert.h"
+#include "errors.h"
+#include "vcpu.h"
+
+namespace kindling {
+
+namespace {
+
+struct VmInit {
+  int fd;
+  size_t runMmapSize;
+};
+
+// The TSFN's context: keeps the core alive for callbacks that arrive after the wrapper is gone.
+using CoreHolder = std::shared_ptr<VmCore>;
+
+void CallJs(napi_env env, napi_value /*js_callback*/, void* context, void* /*data*/) {
+  if (env == nullptr) return;  // the function is being torn down
+  const CoreHolder& core = *static_cast<CoreHolder*>(context);
+  if (core->closed || core->owner == nullptr) return;
+  core->ClearSignal();
+  core->owner->DrainFromLoop(env);
+}
+
+void FinalizeTsfn(napi_env /*env*/, void* data, void* /*hint*/) { delete static_cast<CoreHolder*>(data); }
+
+void FinalizeBuffer(napi_env /*env*/, void* /*data*/, void* hint) {
+  delete static_cast<std::shared_ptr<Mapping>*>(hint);
+}
+
+uint32_t SizeMask(uint32_t size) { return size >= 4 ? 0xffffffffu : ((1u << (size * 8)) - 1); }
+
+// Only a number 0 resumes: a handler that throws or forgets to return must not make a vCPU spin
+// on an exit it cannot get past.
+Verdict VerdictOf(Napi::Value v) {
+  if (v.IsNumber() && v.As<Napi::Number>().DoubleValue() == 0) return kResume;
+  return kStop;
+}
+
+Napi::Object EventToJs(Napi::Env env, const EventInfo& e) {
+  Napi::Object o = Napi::Object::New(env);
+  o.Set("reason", Napi::Number::New(env, static_cast<double>(e.reason)));
+  if (e.hasSuberror) o.Set("suberror", Napi::Number::New(env, e.suberror));
+  if (e.hasData) {
+    Napi::Array a = Napi::Array::New(env, e.data.size());
+    for (size_t i = 0; i < e.data.size(); i++) a.Set(static_cast<uint32_t>(i), Napi::BigInt::New(env, e.data[i]));
+    o.Set("data", a);
+  }
+  if (e.hasInsnBytes) {
+    o.Set("insnBytes", Napi::Buffer<uint8_t>::Copy(env, e.insnBytes.data(), e.insnBytes.size()));
+  }
+  if (e.hasFailReason) o.Set("hardwareEntryFailureReason", Napi::BigInt::New(env, e.failReason));
+  if (e.hasErrno) o.Set("errno", Napi::Number::New(env, e.err));
+  if (e.hasSystemEventType) o.Set("systemEventType", Napi::Number::New(env, e.systemEventType));
+  return o;
+}
+
+}  // namespace
+
+void Mapping::Unmap() {
+  if (addr != nullptr) {
+    munmap(addr, size);
+    addr = nullptr;
+  }
+}
+
+Napi::Function Vm::Init(Napi::Env env) {
+  return DefineClass(env, "NativeVm",
+                     {
+                         InstanceMethod<&Vm::CheckExtension>("checkExtension"),
+                         InstanceMethod<&Vm::AllocateMemory>("allocateMemory"),
+                         InstanceMethod<&Vm::SetUserMemoryRegion>("setUserMemoryRegion"),
+                         InstanceMethod<&Vm::SetTssAddr>("setTssAddr"),
+                         InstanceMethod<&Vm::SetIdentityMapAddr>("setIdentityMapAddr"),
+                         InstanceMethod<&Vm::CreateIrqchip>("createIrqchip"),
+                         InstanceMethod<&Vm::CreatePit2>("createPit2"),
+                         InstanceMethod<&Vm::IrqLine>("irqLine"),
+                         InstanceMethod<&Vm::IoEventFd>("ioeventfd"),
+                         InstanceMethod<&Vm::IrqFd>("irqfd"),
+                         InstanceMethod<&Vm::CreateVcpu>("createVcpu"),
+                         InstanceMethod<&Vm::SetExitHandlers>("setExitHandlers"),
+                         InstanceMethod<&Vm::FlushExits>("flushExits"),
+                         InstanceMethod<&Vm::DefinePioReadCache>("definePioReadCache"),
+                         InstanceMethod<&Vm::SetPioReadCache>("setPioReadCache"),
+                         InstanceMethod<&Vm::StopVcpus>("stopVcpus"),
+                         InstanceMethod<&Vm::PauseVcpus>("pauseVcpus"),
+                         InstanceMethod<&Vm::ResumeVcpus>("resumeVcpus"),
+                         InstanceMethod<&Vm::Close>("close"),
+                     });
+}
+
+Napi::Object Vm::NewInstance(Napi::Env env, int fd, size_t runMmapSize) {
+  VmInit init{fd, runMmapSize};
+  try {
+    return GetAddonData(env)->vmCtor.New({Napi::External<VmInit>::New(env, &init)});
+  } catch (...) {
+    if (init.fd >= 0) close(init.fd);  // the constructor did not take it
+    throw;
+  }
+}
+
+Vm::Vm(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Vm>(info) {
+  Napi::Env env = info.Env();
+  if (info.Length() != 1 || !info[0].IsExternal()) ThrowType(env, "NativeVm is created by NativeKvm.createVm()");
+  VmInit* init = info[0].As<Napi::External<VmInit>>().Data();
+  core_ = std::make_shared<VmCore>(init->fd, init->runMmapSize);
+  init->fd = -1;  // owned by core_ now
+  env_ = env;
+
+  auto* holder = new CoreHolder(core_);
+  napi_threadsafe_function tsfn = nullptr;
+  napi_status st = napi_create_threadsafe_function(env, nullptr, nullptr, Napi::String::New(env, "kindling:vcpu-exits"),
+                                                   0, 1, holder, FinalizeTsfn, holder, CallJs, &tsfn);
+  if (st != napi_ok) {
+    delete holder;
+    throw Napi::Error::New(env, "napi_create_threadsafe_function failed");
+  }
+  // Idle until a vCPU starts: a VM whose vCPUs are stopped must not keep Node running.
+  napi_unref_threadsafe_function(env, tsfn);
+  core_->tsfn = tsfn;
+  core_->owner = this;
+  asyncContext_ = std::make_unique<Napi::AsyncContext>(env, "kindling:vcpu-exits");
+  if (napi_add_env_cleanup_hook(env, CleanupHook, this) == napi_ok) hookRegistered_ = true;
+}
+
+Vm::~Vm() {
+  Teardown(Napi::Env(env_), false);
+  core_->owner = nullptr;
+}
+
+void Vm::CleanupHook(void* arg) {
+  Vm* vm = static_cast<Vm*>(arg);
+  vm->hookRegistered_ = false;
+  vm->Teardown(Napi::Env(vm->env_), false);
+}
+
+void Vm::Teardown(Napi::Env env, bool explicitClose) {
+  if (torndown_) return;
+  core_->StopAll();
+  napi_value pendingError = nullptr;
+  if (explicitClose) {
+    // Deliver what the threads queued before they ended, 'stopped' records included.
+    try {
+      Drain(env);
+    } catch (const Napi::Error& e) {
+      pendingError = e.Value();
+    }
+  }
+  torndown_ = true;
+  core_->closed = true;
+  if (running_ > 0) {
+    running_ = 0;
+    if (explicitClose) Unref();
+  }
+  core_->ReleaseTsfn();
+  core_->CloseFds();
+  for (MemoryEntry& m : memory_) {
+    if (explicitClose) {
+      napi_value buf = nullptr;
+      if (m.buffer != nullptr && napi_get_reference_value(env, m.buffer, &buf) == napi_ok && buf != nullptr) {
+        napi_detach_arraybuffer(env, buf);
+      }
+      m.mapping->Unmap();
+    }
+    if (m.buffer != nullptr) napi_delete_reference(env, m.buffer);
+    m.buffer = nullptr;
+  }
+  memory_.clear();
+  handlers_.Reset();
+  onIo_.Reset();
+  onEvent_.Reset();
+  onStopped_.Reset();
+  if (hookRegistered_) {
+    napi_remove_env_cleanup_hook(env, CleanupHook, this);
+    hookRegistered_ = false;
+  }
+  if (pendingError != nullptr) throw Napi::Error(env, pendingError);
+}
+
+int Vm::Fd(Napi::Env env, const char* op) {
+  if (torndown_ || core_->fd < 0) ThrowErrno(env, op, EBADF, "the VM is closed");
+  return core_->fd;
+}
+
+void Vm::VcpuStarted(Napi::Env env) {
+  if (running_++ == 0) {
+    if (core_->tsfn != nullptr) napi_ref_threadsafe_function(env, core_->tsfn);
+    Ref();
+  }
+}
+
+void Vm::VcpuEnded(Napi::Env env) {
+  if (running_ > 0 && --running_ == 0) {
+    if (core_->tsfn != nullptr) napi_unref_threadsafe_function(env, core_->tsfn);
+    Unref();
+  }
+}
+
+void Vm::DrainFromLoop(Napi::Env env) {
+  Napi::HandleScope scope(env);
+  napi_value pendingError = nullptr;
+  {
+    // A callback scope runs process.nextTick callbacks and microtasks when the drain ends, as
+    // for any I/O callback.
+    Napi::CallbackScope cbScope(env, *asyncContext_);
+    try {
+      Drain(env);
+    } catch (const Napi::Error& e) {
+      pendingError = e.Value();
+    }
+  }
+  if (pendingError != nullptr) napi_fatal_exception(env, pendingError);
+}
+
+void Vm::Drain(Napi::Env env) {
+  ExitRecord r;
+  try {
+    while (!torndown_ && core_->Pop(&r)) Dispatch(env, r);
+  } catch (...) {
+    // The records behind the one whose handler threw still have to be delivered.
+    core_->Resignal();
+    throw;
+  }
+}
+
+void Vm::Dispatch(Napi::Env env, ExitRecord& r) {
+  Napi::HandleScope scope(env);
+  const uint32_t vcpuId = r.vcpu->id;
+  if (r.type == RecordType::kStopped) {
+    VcpuEnded(env);
+    if (!onStopped_.IsEmpty()) onStopped_.Call(handlers_.Value(), {Napi::Number::New(env, vcpuId)});
+    return;
+  }
+  if (r.type == RecordType::kEvent) {
+    // A stop cancelled the wait: the vCPU no longer listens for a verdict.
+    if (!core_->StillWaiting(r)) return;
+    if (onEvent_.IsEmpty()) {
+      core_->Answer(r, kStop);
+      return;
+    }
+    Napi::Value ret;
+    try {
+      ret = onEvent_.Call(handlers_.Value(), {Napi::Number::New(env, vcpuId), EventToJs(env, *r.event)});
+    } catch (...) {
+      core_->Answer(r, kStop);
+      throw;
+    }
+    core_->Answer(r, VerdictOf(ret));
+    return;
+  }
+  const bool isRead = r.kind == kPioRead || r.kind == kMmioRead;
+  // A cancelled read was already answered with all-ones; running the handler would only repeat
+  // its side effects (a FIFO pop, say) for nobody.
+  if (isRead && !core_->StillWaiting(r)) return;
+  if (onIo_.IsEmpty()) {
+    if (isRead) core_->Answer(r, SizeMask(r.size));
+    return;
+  }
+  Napi::Value ret;
+  try {
+    ret = onIo_.Call(handlers_.Value(), {
+                                            Napi::Number::New(env, r.kind),
+                                            Napi::Number::New(env, vcpuId),
+                                            Napi::Number::New(env, static_cast<double>(r.addr)),
+                                            Napi::Number::New(env, r.size),
+                                            Napi::Number::New(env, r.value),
+                                            Napi::Number::New(env, static_cast<double>(r.seq)),
+                                        });
+  } catch (...) {
+    if (isRead) core_->Answer(r, SizeMask(r.size));
+    throw;
+  }
+  if (isRead) {
+    uint32_t value = 0;
+    if (ret.IsNumber()) value = ret.As<Napi::Number>().Uint32Value();
+    core_->Answer(r, value & SizeMask(r.size));
+  }
+}
+
+Napi::Value Vm::CheckExtension(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const uint32_t cap = ArgU32(info, 0, "cap");
+  const int r = ioctl(Fd(env, "KVM_CHECK_EXTENSION"), KVM_CHECK_EXTENSION, static_cast<unsigned long>(cap));
+  if (r < 0) ThrowErrno(env, "KVM_CHECK_EXTENSION", errno);
+  return Napi::Number::New(env, r);
+}
+
+Napi::Value Vm::AllocateMemory(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (torndown_) ThrowErrno(env, "mmap", EBADF, "the VM is closed");
+  const uint64_t size = ArgSafeU64(info, 0, "size");
+  if (size == 0 || size > (uint64_t(1) << 46)) ThrowRange(env, "allocateMemory: size must be in (0, 2^46]");
+  void* addr = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  if (addr == MAP_FAILED) ThrowErrno(env, "mmap", errno);
+  auto mapping = std::make_shared<Mapping>();
+  mapping->addr = static_cast<uint8_t*>(addr);
+  mapping->size = size;
+
+  auto* hint = new std::shared_ptr<Mapping>(mapping);
+  napi_value buffer = nullptr;
+  napi_status st = napi_create_external_arraybuffer(env, addr, size, FinalizeBuffer, hint, &buffer);
+  if (st != napi_ok) {
+    delete hint;  // the mapping goes with the last shared_ptr
+    throw Napi::Error::New(env, "napi_create_external_arraybuffer failed");
+  }
+  MemoryEntry entry;
+  entry.mapping = mapping;
+  napi_create_reference(env, buffer, 0, &entry.buffer);
+  memory_.push_back(std::move(entry));
+  return Napi::Value(env, buffer);
+}
+
+Napi::Value Vm::SetUserMemoryRegion(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const int fd = Fd(env, "KVM_SET_USER_MEMORY_REGION");
+  const uint32_t slot = ArgU32(info, 0, "slot");
+  const uint64_t gpa = ArgSafeU64(info, 1, "guestPhysAddr");
+  if (info.Length() < 3 || !info[2].IsArrayBuffer()) ThrowType(env, "memory must be an ArrayBuffer from allocateMemory()");
+  const uint64_t offset = ArgSafeU64(info, 3, "offset");
+  const uint64_t size = ArgSafeU64(info, 4, "size");
+  Napi::ArrayBuffer ab = info[2].As<Napi::ArrayBuffer>();
+  const uint8_t* data = static_cast<const uint8_t*>(ab.Data());
+  const Mapping* mapping = nullptr;
+  for (const MemoryEntry& m : memory_) {
+    if (m.mapping->addr != nullptr && m.mapping->addr == data) mapping = m.mapping.get();
+  }
+  // Only memory this VM mapped may be handed to KVM: anything else could be freed under the guest.
+  if (mapping == nullptr) ThrowRange(env, "memory is not a live buffer from this VM's allocateMemory()");
+  if (offset > mapping->size || size > mapping->size - offset) ThrowRange(env, "offset/size outside the buffer");
+  kvm_userspace_memory_region region;
+  std::memset(&region, 0, sizeof region);
+  region.slot = slot;
+  region.flags = 0;
+  region.guest_phys_addr = gpa;
+  region.memory_size = size;
+  region.userspace_addr = reinterpret_cast<uint64_t>(mapping->addr + offset);
+  if (ioctl(fd, KVM_SET_USER_MEMORY_REGION, &region) < 0) ThrowErrno(env, "KVM_SET_USER_MEMORY_REGION", errno);
+  return env.Undefined();
+}
+
+Napi::Value Vm::SetTssAddr(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const int fd = Fd(env, "KVM_SET_TSS_ADDR");
+  const uint32_t addr = ArgU32(info, 0, "addr");
+  if (ioctl(fd, KVM_SET_TSS_ADDR, static_cast<unsigned long>(addr)) < 0) ThrowErrno(env, "KVM_SET_TSS_ADDR", errno);
+  return env.Undefined();
+}
+
+Napi::Value Vm::SetIdentityMapAddr(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const int fd = Fd(env, "KVM_SET_IDENTITY_MAP_ADDR");
+  uint64_t addr = ArgSafeU64(info, 0, "addr");
+  if (ioctl(fd, KVM_SET_IDENTITY_MAP_ADDR, &addr) < 0) ThrowErrno(env, "KVM_SET_IDENTITY_MAP_ADDR", errno);
+  return env.Undefined();
+}
+
+Napi::Value Vm::CreateIrqchip(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (ioctl(Fd(env, "KVM_CREATE_IRQCHIP"), KVM_CREATE_IRQCHIP, 0) < 0) ThrowErrno(env, "KVM_CREATE_IRQCHIP", errno);
+  return env.Undefined();
+}
+
+Napi::Value Vm::CreatePit2(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const int fd = Fd(env, "KVM_CREATE_PIT2");
+  kvm_pit_config config;
+  std::memset(&config, 0, sizeof config);
+  config.flags = ArgU32(info, 0, "flags");
+  if (ioctl(fd, KVM_CREATE_PIT2, &config) < 0) ThrowErrno(env, "KVM_CREATE_PIT2", errno);
+  return env.Undefined();
+}
+
+Napi::Value Vm::IrqLine(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const int fd = Fd(env, "KVM_IRQ_LINE");
+  kvm_irq_level level;
+  std::memset(&level, 0, sizeof level);
+  level.irq = ArgU32(info, 0, "irq");
+  level.level = info.Length() > 1 && info[1].ToBoolean().Value() ? 1 : 0;
+  if (ioctl(fd, KVM_IRQ_LINE, &level) < 0) ThrowErrno(env, "KVM_IRQ_LINE", errno);
+  return env.Undefined();
+}
+
+Napi::Value Vm::IoEventFd(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const int fd = Fd(env, "KVM_IOEVENTFD");
+  if (info.Length() < 1 || !info[0].IsObject()) ThrowType(env, "ioeventfd: expected an IoEventFdArgs object");
+  Napi::Object args = info[0].As<Napi::Object>();
+  kvm_ioeventfd io;
+  std::memset(&io, 0, sizeof io);
+  io.addr = ValueToU64(env, args.Get("addr"), "addr");
+  io.len = static_cast<uint32_t>(ValueToU64(env, args.Get("len"), "len"));
+  const uint64_t efd = ValueToU64(env, args.Get("fd"), "fd");
+  if (efd > 0x7fffffff) ThrowRange(env, "fd out of range");
+  io.fd = static_cast<int32_t>(efd);
+  Napi::Value datamatch = args.Get("datamatch");
+  if (!datamatch.IsUndefined() && !datamatch.IsNull()) {
+    io.datamatch = ValueToU64(env, datamatch, "datamatch");
+    io.flags |= KVM_IOEVENTFD_FLAG_DATAMATCH;
+  }
+  if (args.Get("pio").ToBoolean().Value()) io.flags |= KVM_IOEVENTFD_FLAG_PIO;
+  if (args.Get("deassign").ToBoolean().Value()) io.flags |= KVM_IOEVENTFD_FLAG_DEASSIGN;
+  if (ioctl(fd, KVM_IOEVENTFD, &io) < 0) ThrowErrno(env, "KVM_IOEVENTFD", errno);
+  return env.Undefined();
+}
+
+Napi::Value Vm::IrqFd(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const int fd = Fd(env, "KVM_IRQFD");
+  kvm_irqfd irq;
+  std::memset(&irq, 0, sizeof irq);
+  irq.fd = static_cast<uint32_t>(ArgFd(info, 0));
+  irq.gsi = ArgU32(info, 1, "gsi");
+  if (info.Length() > 2 && info[2].ToBoolean().Value()) irq.flags |= KVM_IRQFD_FLAG_DEASSIGN;
+  if (ioctl(fd, KVM_IRQFD, &irq) < 0) ThrowErrno(env, "KVM_IRQFD", errno);
+  return env.Undefined();
+}
+
+Napi::Value Vm::CreateVcpu(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const int fd = Fd(env, "KVM_CREATE_VCPU");
+  const uint32_t id = ArgU32(info, 0, "id");
+  if (core_->stopping.load()) ThrowState(env, "createVcpu: the VM's vCPUs were stopped");
+  const int vcpuFd = ioctl(fd, KVM_CREATE_VCPU, static_cast<unsigned long>(id));
+  if (vcpuFd < 0) ThrowErrno(env, "KVM_CREATE_VCPU", errno);
+  void* run = mmap(nullptr, core_->runMmapSize, PROT_READ | PROT_WRITE, MAP_SHARED, vcpuFd, 0);
+  if (run == MAP_FAILED) {
+    const int err = errno;
+    close(vcpuFd);
+    ThrowErrno(env, "mmap", err, "kvm_run area");
+  }
+  auto vcpu = std::make_shared<VcpuCore>();
+  vcpu->id = id;
+  vcpu->fd = vcpuFd;
+  vcpu->run = static_cast<kvm_run*>(run);
+  vcpu->runSize = core_->runMmapSize;
+  vcpu->vm = core_.get();
+  core_->vcpus.push_back(vcpu);  // from here on the core closes the fd and unmaps the area
+  return Vcpu::NewInstance(env, Value(), this, vcpu);
+}
+
+Napi::Value Vm::SetExitHandlers(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (torndown_) ThrowState(env, "setExitHandlers: the VM is closed");
+  if (info.Length() < 1 || !info[0].IsObject()) ThrowType(env, "setExitHandlers: expected an ExitHandlers object");
+  Napi::Object h = info[0].As<Napi::Object>();
+  Napi::Value io = h.Get("io");
+  Napi::Value event = h.Get("event");
+  Napi::Value stopped = h.Get("vcpuStopped");
+  if (!io.IsFunction() || !event.IsFunction() || !stopped.IsFunction()) {
+    ThrowType(env, "setExitHandlers: io, event and vcpuStopped must be functions");
+  }
+  handlers_ = Napi::Persistent(h);
+  onIo_ = Napi::Persistent(io.As<Napi::Function>());
+  onEvent_ = Napi::Persistent(event.As<Napi::Function>());
+  onStopped_ = Napi::Persistent(stopped.As<Napi::Function>());
+  return env.Undefined();
+}
+
+Napi::Value Vm::FlushExits(const Napi::CallbackInfo& info) {
+  Drain(info.Env());
+  return info.Env().Undefined();
+}
+
+Napi::Value Vm::DefinePioReadCache(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const uint32_t base = ArgU32(info, 0, "base");
+  const uint32_t len = ArgU32(info, 1, "len");
+  const uint32_t mask = ArgU32(info, 2, "transparentWriteMask");
+  if (len == 0 || len > 32) ThrowRange(env, "definePioReadCache: len must be 1..32 (one mask bit per port)");
+  if (base > 0xffff || base + len > 0x10000) ThrowRange(env, "definePioReadCache: ports must lie in [0, 0x10000)");
+  if (core_->PioGroupOverlaps(base, len)) ThrowRange(env, "definePioReadCache: overlaps an existing group");
+  core_->DefinePioGroup(base, len, mask);
+  return env.Undefined();
+}
+
+Napi::Value Vm::SetPioReadCache(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const uint32_t port = ArgU32(info, 0, "port");
+  if (info.Length() < 2 || !info[1].IsNumber()) ThrowType(env, "value must be a number");
+  const double value = info[1].As<Napi::Number>().DoubleValue();
+  const uint64_t seq = ArgSafeU64(info, 2, "seq");
+  const int64_t v = value < 0 ? -1 : static_cast<int64_t>(static_cast<uint32_t>(info[1].As<Napi::Number>().Uint32Value()));
+  return Napi::Boolean::New(env, core_->SetPioCache(port, v, seq));
+}
+
+Napi::Value Vm::StopVcpus(const Napi::CallbackInfo& info) {
+  core_->StopAll();
+  return info.Env().Undefined();
+}
+
+Napi::Value Vm::PauseVcpus(const Napi::CallbackInfo& info) {
+  core_->PauseAll();
+  return info.Env().Undefined();
+}
+
+Napi::Value Vm::ResumeVcpus(const Napi::CallbackInfo& info) {
+  core_->ResumeAll();
+  return info.Env().Undefined();
+}
+
+Napi::Value Vm::Close(const Napi::CallbackInfo& info) {
+  Teardown(info.Env(), true);
+  return info.Env().Undefined();
+}
+
+}  // namespace kindling
