@@ -26,7 +26,8 @@
 #   KVMQ_HOST_TMP=1  see the host's /tmp (default: fresh tmpfs on /tmp, because
 #                    AF_UNIX sockets cannot be created on the 9p mount; implied
 #                    when DIR is under /tmp)
-#   KVMQ_VERBOSE=1   print boot timing
+#   KVMQ_APPEND      extra guest kernel command line arguments
+#   KVMQ_VERBOSE=1   print boot timing, keep kernel messages in the console log
 # Requirements: Debian/Ubuntu-like host with apt (installs qemu-system-x86 and
 # busybox-static if missing), run as root (9p passthrough needs it).
 set -euo pipefail
@@ -157,23 +158,20 @@ T0=$(date +%s.%N)
 mkfifo "$JOB/out.fifo" "$JOB/err.fifo"
 cat "$JOB/out.fifo" & CAT1=$!
 cat "$JOB/err.fifo" >&2 & CAT2=$!
+TO=(); [ "$TIMEOUT" -gt 0 ] && TO=(timeout "$TIMEOUT")
 set +e
-qemu-system-x86_64 -accel tcg,thread=multi -cpu max -m "$MEM" -smp "$SMP" \
+"${TO[@]}" qemu-system-x86_64 -accel tcg,thread=multi -cpu max -m "$MEM" -smp "$SMP" \
   -display none -monitor none -no-reboot -nodefaults \
   -kernel "$VMLINUZ" -initrd "$INITRD" \
-  -append "console=ttyS0 quiet panic=-1 mitigations=off kvmq.job=$JOB" \
+  -append "console=ttyS0 $([ "${KVMQ_VERBOSE:-0}" = 1 ] || echo quiet) panic=-1 mitigations=off ${KVMQ_APPEND:-} kvmq.job=$JOB" \
   -serial "file:$JOB/console.log" \
   -chardev file,id=out,path="$JOB/out.fifo" -serial chardev:out \
   -chardev file,id=err,path="$JOB/err.fifo" -serial chardev:err \
   -fsdev local,id=hostroot,path=/,security_model=$FSMODEL,multidevs=remap \
   -device virtio-9p-pci,fsdev=hostroot,mount_tag=hostroot &
 QPID=$!
-if [ "$TIMEOUT" -gt 0 ]; then
-  ( sleep "$TIMEOUT"; kill "$QPID" 2>/dev/null && echo "kvm-in-qemu: timeout after ${TIMEOUT}s" >&2 ) &
-  WPID=$!
-fi
 wait "$QPID"; QRC=$?; QPID=
-[ -n "${WPID:-}" ] && kill "$WPID" 2>/dev/null
+[ "$QRC" = 124 ] && [ "$TIMEOUT" -gt 0 ] && echo "kvm-in-qemu: timeout after ${TIMEOUT}s" >&2
 # If qemu died before opening the fifos, unblock the readers (no-op otherwise).
 for f in out err; do dd if=/dev/null of="$JOB/$f.fifo" oflag=nonblock status=none 2>/dev/null; done
 wait "$CAT1" "$CAT2"
@@ -187,4 +185,5 @@ if [ -s "$JOB/rc" ]; then
 fi
 echo "kvm-in-qemu: guest did not report an exit status (qemu rc $QRC); console tail:" >&2
 tail -n 30 "$JOB/console.log" >&2 || true
+cp "$JOB/console.log" "$CACHE/last-console.log" 2>/dev/null && echo "kvm-in-qemu: full log: $CACHE/last-console.log" >&2
 exit 125

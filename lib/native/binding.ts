@@ -8,7 +8,7 @@ import * as fs from 'fs';
 import * as path from 'path';
 
 import { NativeError } from './errors';
-import type { NativeAddon } from './types';
+import type { NativeAddon, NativeKvm } from './types';
 
 export { NativeError } from './errors';
 export type { NativeErrorCode } from './errors';
@@ -60,7 +60,6 @@ export function loadNative(): NativeAddon {
   }
   let raw: RawAddon;
   try {
-    // eslint-disable-next-line @typescript-eslint/no-require-imports
     raw = require(found) as RawAddon;
   } catch (err) {
     const reason = err instanceof Error ? err.message : String(err);
@@ -76,7 +75,17 @@ export function loadNative(): NativeAddon {
 }
 
 /** Result of {@link isKvmAvailable}. */
-export type KvmAvailability = { ok: true } | { ok: false; reason: string };
+export type KvmAvailability =
+  | {
+      /** KVM can be opened and speaks API version 12. */
+      ok: true;
+    }
+  | {
+      /** KVM cannot be used here. */
+      ok: false;
+      /** Why, for a person: the failing call and errno, or the missing addon. */
+      reason: string;
+    };
 
 /** The KVM API version every supported kernel reports (api.rst: "KVM_GET_API_VERSION"). */
 const KVM_API_VERSION = 12;
@@ -93,7 +102,7 @@ export function isKvmAvailable(kvmPath = '/dev/kvm'): KvmAvailability {
   } catch (err) {
     return { ok: false, reason: err instanceof Error ? err.message : String(err) };
   }
-  let kvm;
+  let kvm: NativeKvm;
   try {
     kvm = addon.openKvm(kvmPath);
   } catch (err) {

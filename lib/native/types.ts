@@ -95,11 +95,17 @@ export enum ExitKind {
  * `reason` is the KVM_EXIT_* number; the other fields are filled where that exit carries them.
  */
 export interface VcpuEventInfo {
-  /** KVM_EXIT_* value (e.g. 8 = SHUTDOWN, 17 = INTERNAL_ERROR, 9 = FAIL_ENTRY, 5 = HLT). */
+  /**
+   * KVM_EXIT_* value (e.g. 8 = SHUTDOWN, 17 = INTERNAL_ERROR, 9 = FAIL_ENTRY, 5 = HLT, 24 = SYSTEM_EVENT),
+   * or -1 when KVM_RUN itself failed (then `errno` is set).
+   */
   reason: number;
   /** `internal.suberror` for KVM_EXIT_INTERNAL_ERROR (1 = emulation failure). */
   suberror?: number;
-  /** `internal.data[0..ndata)` for KVM_EXIT_INTERNAL_ERROR, as u64. */
+  /**
+   * `internal.data[0..ndata)` for KVM_EXIT_INTERNAL_ERROR, `system_event.data[0..ndata)` for
+   * KVM_EXIT_SYSTEM_EVENT, `[hw.hardware_exit_reason]` for KVM_EXIT_UNKNOWN; as u64.
+   */
   data?: bigint[];
   /** For emulation failures that report them: the instruction bytes (`emulation_failure.insn_bytes`). */
   insnBytes?: Buffer;
@@ -107,6 +113,8 @@ export interface VcpuEventInfo {
   hardwareEntryFailureReason?: bigint;
   /** errno when KVM_RUN itself failed with an unexpected error (the thread then stops). */
   errno?: number;
+  /** `system_event.type` for KVM_EXIT_SYSTEM_EVENT (KVM_SYSTEM_EVENT_SHUTDOWN = 1, RESET = 2, CRASH = 3…). */
+  systemEventType?: number;
 }
 
 /** What the vCPU thread does after a {@link VcpuEventInfo}. */
@@ -126,7 +134,10 @@ export interface ExitHandlers {
    * 8-byte accesses arrive as two 4-byte records (low half at `addr`, then high half at `addr + 4`).
    */
   io(kind: ExitKind, vcpu: number, addr: number, size: number, value: number, seq: number): number | void;
-  /** Non-I/O exits; the returned verdict decides whether the vCPU resumes. */
+  /**
+   * Non-I/O exits; the returned verdict decides whether the vCPU resumes. Only `Resume` (0)
+   * resumes: any other return value, or a throw, stops the vCPU (it must not spin on an exit).
+   */
   event(vcpu: number, info: VcpuEventInfo): VcpuVerdict;
   /** A vCPU thread has ended (after a Stop verdict, `stopVcpus()`, or a fatal KVM_RUN error). */
   vcpuStopped(vcpu: number): void;
@@ -203,7 +214,9 @@ export interface NativeVm {
   flushExits(): void;
   /**
    * Declares ports `[base, base+len)` as a read-cache group: a read of a port in the group that has
-   * a valid cached value is answered by the vCPU thread itself, without a JavaScript round trip.
+   * a valid cached value is answered by the vCPU thread itself, without a JavaScript round trip
+   * (reads of any size at that port get the value masked to their size). `len` is 1..32 (one mask
+   * bit per port); groups must not overlap (RangeError).
    * A guest write to an offset whose bit is set in `transparentWriteMask` leaves the group's cache
    * valid; any other write to the group invalidates all of the group's cached values at once.
    */
@@ -216,18 +229,28 @@ export interface NativeVm {
   setPioReadCache(port: number, value: number, seq: number): boolean;
   /**
    * Kicks every running vCPU out of KVM_RUN (immediate_exit + signal), cancels waits for
-   * JavaScript answers and joins the threads. Idempotent.
+   * JavaScript answers and joins the threads. Idempotent; safe inside a handler. A cancelled read
+   * gets all-ones and its handler is not called. `vcpuStopped` arrives later on the event loop
+   * (or in `flushExits()` / `close()`). Threads cannot be started again afterwards.
    */
   stopVcpus(): void;
   /** Parks every vCPU outside KVM_RUN; returns once all are parked. */
   pauseVcpus(): void;
   /** Releases parked vCPUs. */
   resumeVcpus(): void;
-  /** Stops vCPUs, closes their fds, unmaps and detaches memory, closes the VM fd. Idempotent. */
+  /**
+   * Stops vCPUs, runs the handlers of every record still queued (`vcpuStopped` included), closes
+   * the vCPU fds, unmaps and detaches memory, closes the VM fd. Idempotent.
+   */
   close(): void;
 }
 
-/** A vCPU fd and its run thread. Register calls are valid before `start()` and while the vCPU waits in an event handler or is paused. */
+/**
+ * A vCPU fd and its run thread. Register calls are valid before `start()`, while the vCPU waits
+ * for a handler's answer, while it is paused and after its thread ended; otherwise they throw a
+ * NativeError with code 'EBUSY' (the ioctl would block until the guest exits). After the VM is
+ * closed they throw 'EBADF'.
+ */
 export interface NativeVcpu {
   readonly id: number;
   getRegs(): Regs;
@@ -266,7 +289,11 @@ export interface NativeAddon {
   eventfdWrite(fd: number, value?: number): void;
   /** Reads and resets an eventfd's counter; 0 if it was zero (EAGAIN). */
   eventfdRead(fd: number): number;
-  /** Calls `onSignal(count)` on the event loop each time the eventfd becomes readable (it reads the counter first). */
+  /**
+   * Calls `onSignal(count)` on the event loop each time the eventfd becomes readable (it reads the
+   * counter first). An open watch keeps the event loop alive, like a socket; `close()` it when the
+   * VM stops. Close the watch before closing the fd.
+   */
   watchEventfd(fd: number, onSignal: (count: number) => void): FdWatch;
   /** close(2). */
   closeFd(fd: number): void;

@@ -9,7 +9,7 @@ import { monotonicClock, NanoClock, TokenBucket, TokenBucketConfig, validateToke
 
 /**
  * Limits for a device. An omitted bucket is unlimited at construction and left unchanged by
- * {@link RateLimiter.update}; a bucket with size or refillTime 0 is disabled (unlimited).
+ * `RateLimiter.update()`; a bucket with size or refillTime 0 is disabled (unlimited).
  */
 export interface RateLimiterConfig {
   /** Bytes. */

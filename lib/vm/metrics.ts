@@ -6,6 +6,25 @@
 /** Counters of one device; every device has at least requests/bytes/errors where they apply. */
 export type DeviceMetrics = Record<string, number>;
 
+/**
+ * vCPU exits handled in JavaScript. UART status polls answered from the native read cache and
+ * virtqueue notifications (ioeventfd) do not reach JavaScript and are not counted here.
+ */
+export interface ExitCounters {
+  /** Port reads (the vCPU waited for the answer). */
+  pioReads: number;
+  /** Port writes (posted). */
+  pioWrites: number;
+  /** MMIO reads (the vCPU waited for the answer). */
+  mmioReads: number;
+  /** MMIO writes (posted). */
+  mmioWrites: number;
+  /** Non-I/O exits: shutdown, emulation failures, failed entries. */
+  events: number;
+  /** Accesses to addresses no device claims. */
+  unmapped: number;
+}
+
 /** A snapshot of a VM's counters. Numbers only, so it serializes as JSON as it is. */
 export interface VmMetrics {
   /** The VM's id. */
@@ -13,7 +32,7 @@ export interface VmMetrics {
   /** Lifecycle state when the snapshot was taken. */
   state: string;
   /** vCPU exits that reached JavaScript, by kind. */
-  exits: { pioReads: number; pioWrites: number; mmioReads: number; mmioWrites: number; events: number; unmapped: number };
+  exits: ExitCounters;
   /** The 16550 UART. */
   serial: DeviceMetrics;
   /** The i8042 controller. */

@@ -3,6 +3,7 @@
  * @module
  */
 import { EventEmitter } from 'eventemitter3';
+import type { Duplex } from 'stream';
 import { loadNative } from '../native/binding';
 import type { NativeAddon } from '../native/types';
 import {
@@ -127,7 +128,7 @@ export class MicroVM extends EventEmitter<MicroVMEvents> {
    * The guest's console as a stream: read it for UART output, write to it for UART input.
    * Created on first use, so a VM whose console nobody reads buffers nothing here.
    */
-  get serial(): SerialStream {
+  get serial(): Duplex {
     if (!this.serialStream) {
       this.serialStream = new SerialStream();
       if (this.machine) this.serialStream.attach({ offer: (b) => this.machine!.offerSerialInput(b) });

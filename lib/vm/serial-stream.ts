@@ -65,10 +65,12 @@ export class SerialStream extends Duplex {
     this.push(null);
   }
 
+  /** @internal */
   override _read(): void {
     // Output is pushed as the guest produces it; there is nothing to pull.
   }
 
+  /** @internal */
   override _write(chunk: Buffer, _enc: BufferEncoding, cb: (err?: Error | null) => void): void {
     if (this.ended) {
       this.discardedBytes += chunk.length;

@@ -79,7 +79,7 @@ function until(cond: () => boolean, what: string): Promise<void> {
 }
 
 function runNode(script: string): { status: number | null; stdout: string; stderr: string } {
-  const r = spawnSync(process.execPath, ['-e', script], { timeout: 20000, encoding: 'utf8' });
+  const r = spawnSync(process.execPath, ['--expose-gc', '-e', script], { timeout: 20000, encoding: 'utf8' });
   return { status: r.status, stdout: r.stdout, stderr: r.stderr };
 }
 
@@ -452,6 +452,33 @@ describe('exit queue', () => {
     expect(r.status).toBe(0);
   });
 
+  it('process.exit() with a running vCPU joins it in the env cleanup hook', () => {
+    const r = runNode(`
+      const a = require(${JSON.stringify(ADDON_PATH)});
+      const vm = a._testing.createVm();
+      vm.setExitHandlers({ io() {}, event() { return 0; }, vcpuStopped() {} });
+      a._testing.startScript(vm, 0, [['spin']]);
+      a._testing.startScript(vm, 1, [['r', 3, 0x1000, 4]]);
+      setTimeout(() => { console.log('exiting'); process.exit(0); }, 50);
+    `);
+    expect(r.stderr).toBe('');
+    expect(r.stdout.trim()).toBe('exiting');
+    expect(r.status).toBe(0);
+  });
+
+  it('guest memory stays valid when the VM object is collected without close()', () => {
+    const r = runNode(`
+      const a = require(${JSON.stringify(ADDON_PATH)});
+      let mem;
+      (() => { const vm = a._testing.createVm(); mem = new Uint8Array(vm.allocateMemory(1 << 20)); })();
+      for (let i = 0; i < 5; i++) global.gc();
+      setTimeout(() => { global.gc(); mem[12345] = 7; console.log(mem.length, mem[12345]); }, 20);
+    `);
+    expect(r.stderr).toBe('');
+    expect(r.stdout.trim()).toBe('1048576 7');
+    expect(r.status).toBe(0);
+  });
+
   it('start() requirements and fake-VM ioctls fail cleanly', () => {
     const vm = hooks.createVm();
     expect(() => hooks.startScript(vm, 0, [])).toThrow(/setExitHandlers/);
@@ -459,5 +486,41 @@ describe('exit queue', () => {
     expect(() => vm.createVcpu(0)).toThrow(expect.objectContaining({ code: 'EBADF', ioctl: 'KVM_CREATE_VCPU' }));
     expect(() => vm.setExitHandlers({} as ExitHandlers)).toThrow(expect.objectContaining({ name: 'TypeError' }));
     vm.close();
+  });
+});
+
+describe('binding', () => {
+  it('reports ADDON_MISSING with the build command when the addon cannot be found', () => {
+    const saved = process.env.KINDLING_ADDON;
+    process.env.KINDLING_ADDON = '/nonexistent/kindling.node';
+    try {
+      jest.isolateModules(() => {
+        const fresh = require('../../lib/native/binding') as typeof import('../../lib/native/binding');
+        let caught: unknown;
+        try {
+          fresh.loadNative();
+        } catch (e) {
+          caught = e;
+        }
+        expect(caught).toBeInstanceOf(fresh.NativeError);
+        expect((caught as NativeError).code).toBe('ADDON_MISSING');
+        expect((caught as Error).message).toMatch(/npm run build:native/);
+        const avail = fresh.isKvmAvailable();
+        expect(avail.ok).toBe(false);
+      });
+    } finally {
+      if (saved === undefined) delete process.env.KINDLING_ADDON;
+      else process.env.KINDLING_ADDON = saved;
+    }
+  });
+
+  it('without the binding the addon still throws Errors carrying code, ioctl and errno', () => {
+    const r = runNode(`
+      const a = require(${JSON.stringify(ADDON_PATH)});
+      try { a.openKvm('/nonexistent'); } catch (e) {
+        console.log(e instanceof Error, e.code, e.ioctl, e.errno, e.message);
+      }
+    `);
+    expect(r.stdout.trim()).toBe('true ENOENT open 2 open failed: ENOENT (No such file or directory): /nonexistent');
   });
 });
