@@ -20,13 +20,14 @@
 # Environment:
 #   KVMQ_CACHE   cache dir for kernel + initramfs (default ~/.cache/kindling-kvmq)
 #   KVMQ_MEM     guest RAM in MiB (default 4096)
-#   KVMQ_SMP     guest vCPUs (default: host cores, max 4)
+#   KVMQ_SMP     guest vCPUs (default 1; >1 is faster but occasionally livelocks)
 #   KVMQ_TIMEOUT kill the guest after N seconds (default 0 = no limit)
 #   KVMQ_KERNEL_PKG  Debian kernel package (default: what linux-image-amd64 depends on)
 #   KVMQ_HOST_TMP=1  see the host's /tmp (default: fresh tmpfs on /tmp, because
 #                    AF_UNIX sockets cannot be created on the 9p mount; implied
 #                    when DIR is under /tmp)
 #   KVMQ_APPEND      extra guest kernel command line arguments
+#   KVMQ_KVM_AMD_PARAMS  kvm_amd module parameters inside the guest (e.g. vgif=0)
 #   KVMQ_VERBOSE=1   print boot timing, keep kernel messages in the console log
 # Requirements: Debian/Ubuntu-like host with apt (installs qemu-system-x86 and
 # busybox-static if missing), run as root (9p passthrough needs it).
@@ -49,7 +50,10 @@ WORKDIR=$(cd "$WORKDIR" && pwd -P)
 
 CACHE=${KVMQ_CACHE:-${HOME:-/root}/.cache/kindling-kvmq}
 MEM=${KVMQ_MEM:-4096}
-NCPU=$(nproc); SMP=${KVMQ_SMP:-$(( NCPU > 4 ? 4 : NCPU ))}
+# 1 vCPU by default: with 2 vCPUs (multi-threaded TCG) ~1 boot in 10 livelocked
+# (both vCPUs stuck right after `sti` in finish_task_switch, RCU stalls) once
+# nested KVM had been used; 0 of 22+ boots with 1 vCPU did.
+SMP=${KVMQ_SMP:-1}
 TIMEOUT=${KVMQ_TIMEOUT:-0}
 mkdir -p "$CACHE"
 
@@ -60,7 +64,7 @@ if ! command -v qemu-system-x86_64 >/dev/null || [ ! -x /bin/busybox ]; then
     || { apt-get update -q >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q qemu-system-x86 busybox-static >&2; } \
     || die "apt-get install failed"
 fi
-/bin/busybox --list | grep -qx cpio || die "/bin/busybox lacks cpio (need busybox-static)"
+/bin/busybox --list | grep -x cpio >/dev/null || die "/bin/busybox lacks cpio (need busybox-static)"
 
 # --- kernel --------------------------------------------------------------------
 KPKG=${KVMQ_KERNEL_PKG:-}
@@ -99,7 +103,7 @@ read -r -d '' INIT <<'EOF' || true
 /bin/busybox --install -s /bin
 export PATH=/bin
 mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev
-for m in $(cat /mod/order); do insmod /mod/$m.ko 2>&1 | grep -v 'File exists'; done
+for m in $(cat /mod/order); do insmod /mod/$m.ko $(cat /mod/$m.params 2>/dev/null) 2>&1 | grep -v 'File exists'; done
 JOB=$(sed -n 's/.*kvmq\.job=\([^ ]*\).*/\1/p' /proc/cmdline)
 stty -F /dev/ttyS1 raw -echo; stty -F /dev/ttyS2 raw -echo
 if ! mount -t 9p -o trans=virtio,version=9p2000.L,msize=512000,cache=loose,access=any hostroot /host; then
@@ -123,13 +127,15 @@ sync
 umount /host/dev/shm /host/dev/pts /host/dev /host/sys /host/proc /host 2>/dev/null
 poweroff -f
 EOF
-SIG=$( { echo "$INIT"; echo "$MODS"; echo "$KPKG"; } | md5sum | cut -c1-12)
+KVM_AMD_PARAMS=${KVMQ_KVM_AMD_PARAMS:-}
+SIG=$( { echo "$INIT"; echo "$MODS"; echo "$KPKG"; echo "$KVM_AMD_PARAMS"; } | md5sum | cut -c1-12)
 INITRD=$CACHE/initrd-$SIG.gz
 if [ ! -f "$INITRD" ]; then
   T=$(mktemp -d "$CACHE/initrd.XXXXXX")
   mkdir -p "$T"/{bin,mod,host,proc,sys,dev}
   cp /bin/busybox "$T/bin/"
   for m in $MODS; do cp "${KOPATH[$m]}" "$T/mod/$m.ko"; echo "$m" >> "$T/mod/order"; done
+  echo "$KVM_AMD_PARAMS" > "$T/mod/kvm_amd.params"
   printf '%s\n' "$INIT" > "$T/init"; chmod +x "$T/init"
   (cd "$T" && find . | /bin/busybox cpio -o -H newc 2>/dev/null | gzip -1) > "$INITRD.tmp"
   mv "$INITRD.tmp" "$INITRD"; rm -rf "$T"

@@ -12,6 +12,7 @@
 #include "addon_data.h"
 #include "convert.h"
 #include "errors.h"
+#include "kvm_abi.h"
 #include "vm.h"
 
 namespace kindling {
@@ -62,16 +63,15 @@ Napi::Value KvmSystem::SupportedCpuid(const Napi::CallbackInfo& info) {
   const int fd = Fd(env, "KVM_GET_SUPPORTED_CPUID");
   // KVM answers E2BIG while the table is too small; grow it (api.rst, KVM_GET_SUPPORTED_CPUID).
   for (uint32_t nent = 256; nent <= 4096; nent *= 2) {
-    const size_t bytes = sizeof(kvm_cpuid2) + nent * sizeof(kvm_cpuid_entry2);
-    std::vector<uint64_t> storage((bytes + 7) / 8, 0);
-    auto* cpuid = reinterpret_cast<kvm_cpuid2*>(storage.data());
-    cpuid->nent = nent;
-    if (ioctl(fd, KVM_GET_SUPPORTED_CPUID, cpuid) < 0) {
+    FlexTable<KvmCpuid2Header, kvm_cpuid_entry2> cpuid(nent);
+    cpuid.header()->nent = nent;
+    if (ioctl(fd, kKvmGetSupportedCpuid, cpuid.data()) < 0) {
       if (errno == E2BIG) continue;
       ThrowErrno(env, "KVM_GET_SUPPORTED_CPUID", errno);
     }
-    Napi::Array out = Napi::Array::New(env, cpuid->nent);
-    for (uint32_t i = 0; i < cpuid->nent; i++) out.Set(i, CpuidEntryToJs(env, cpuid->entries[i]));
+    const uint32_t got = cpuid.header()->nent;
+    Napi::Array out = Napi::Array::New(env, got);
+    for (uint32_t i = 0; i < got; i++) out.Set(i, CpuidEntryToJs(env, cpuid.entries()[i]));
     return out;
   }
   ThrowErrno(env, "KVM_GET_SUPPORTED_CPUID", E2BIG);

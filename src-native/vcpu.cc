@@ -1,5 +1,7 @@
 #include "vcpu.h"
 
+#include "kvm_abi.h"
+
 #include <errno.h>
 #include <linux/kvm.h>
 #include <sys/ioctl.h>
@@ -21,13 +23,6 @@ struct VcpuInit {
   Vm* vm;
   std::shared_ptr<VcpuCore> core;
 };
-
-/** A buffer for a struct with a flexible array member (kvm_msrs, kvm_cpuid2). */
-template <typename Header, typename Entry>
-std::vector<uint64_t> FlexBuffer(size_t n) {
-  const size_t bytes = sizeof(Header) + n * sizeof(Entry);
-  return std::vector<uint64_t>((bytes + 7) / 8, 0);
-}
 
 constexpr size_t kMaxMsrs = 1024;
 constexpr size_t kMaxCpuidEntries = 1024;
@@ -143,19 +138,18 @@ Napi::Value Vcpu::SetMsrs(const Napi::CallbackInfo& info) {
   Napi::Array list = info[0].As<Napi::Array>();
   const size_t n = list.Length();
   if (n > kMaxMsrs) ThrowRange(env, "setMsrs: too many entries");
-  auto storage = FlexBuffer<kvm_msrs, kvm_msr_entry>(n);
-  auto* msrs = reinterpret_cast<kvm_msrs*>(storage.data());
-  msrs->nmsrs = static_cast<uint32_t>(n);
+  FlexTable<KvmMsrsHeader, kvm_msr_entry> msrs(n);
+  msrs.header()->nmsrs = static_cast<uint32_t>(n);
   for (size_t i = 0; i < n; i++) {
     Napi::Value item = list.Get(static_cast<uint32_t>(i));
     if (!item.IsObject()) ThrowType(env, "setMsrs: entries must be objects");
     Napi::Object e = item.As<Napi::Object>();
     const uint64_t index = ValueToU64(env, e.Get("index"), "index");
     if (index > 0xffffffffu) ThrowRange(env, "setMsrs: index is 32 bits");
-    msrs->entries[i].index = static_cast<uint32_t>(index);
-    msrs->entries[i].data = ValueToU64(env, e.Get("data"), "data");
+    msrs.entries()[i].index = static_cast<uint32_t>(index);
+    msrs.entries()[i].data = ValueToU64(env, e.Get("data"), "data");
   }
-  const int r = ioctl(fd, KVM_SET_MSRS, msrs);
+  const int r = ioctl(fd, kKvmSetMsrs, msrs.data());
   if (r < 0) ThrowErrno(env, "KVM_SET_MSRS", errno);
   return Napi::Number::New(env, r);
 }
@@ -167,24 +161,23 @@ Napi::Value Vcpu::GetMsrs(const Napi::CallbackInfo& info) {
   Napi::Array list = info[0].As<Napi::Array>();
   const size_t n = list.Length();
   if (n > kMaxMsrs) ThrowRange(env, "getMsrs: too many entries");
-  auto storage = FlexBuffer<kvm_msrs, kvm_msr_entry>(n);
-  auto* msrs = reinterpret_cast<kvm_msrs*>(storage.data());
-  msrs->nmsrs = static_cast<uint32_t>(n);
+  FlexTable<KvmMsrsHeader, kvm_msr_entry> msrs(n);
+  msrs.header()->nmsrs = static_cast<uint32_t>(n);
   for (size_t i = 0; i < n; i++) {
     const uint64_t index = ValueToU64(env, list.Get(static_cast<uint32_t>(i)), "index");
     if (index > 0xffffffffu) ThrowRange(env, "getMsrs: index is 32 bits");
-    msrs->entries[i].index = static_cast<uint32_t>(index);
+    msrs.entries()[i].index = static_cast<uint32_t>(index);
   }
-  const int r = ioctl(fd, KVM_GET_MSRS, msrs);
+  const int r = ioctl(fd, kKvmGetMsrs, msrs.data());
   if (r < 0) ThrowErrno(env, "KVM_GET_MSRS", errno);
   // KVM stops at the first MSR it cannot read and returns how many it read.
   if (static_cast<size_t>(r) < n) {
     char hex[16];
-    snprintf(hex, sizeof hex, "0x%x", msrs->entries[r].index);
+    snprintf(hex, sizeof hex, "0x%x", msrs.entries()[r].index);
     ThrowErrno(env, "KVM_GET_MSRS", EINVAL, std::string("MSR ") + hex + " cannot be read");
   }
   Napi::Array out = Napi::Array::New(env, n);
-  for (size_t i = 0; i < n; i++) out.Set(static_cast<uint32_t>(i), Napi::BigInt::New(env, static_cast<uint64_t>(msrs->entries[i].data)));
+  for (size_t i = 0; i < n; i++) out.Set(static_cast<uint32_t>(i), Napi::BigInt::New(env, static_cast<uint64_t>(msrs.entries()[i].data)));
   return out;
 }
 
@@ -195,11 +188,10 @@ Napi::Value Vcpu::SetCpuid(const Napi::CallbackInfo& info) {
   Napi::Array list = info[0].As<Napi::Array>();
   const size_t n = list.Length();
   if (n > kMaxCpuidEntries) ThrowRange(env, "setCpuid: too many entries");
-  auto storage = FlexBuffer<kvm_cpuid2, kvm_cpuid_entry2>(n);
-  auto* cpuid = reinterpret_cast<kvm_cpuid2*>(storage.data());
-  cpuid->nent = static_cast<uint32_t>(n);
-  for (size_t i = 0; i < n; i++) CpuidEntryFromJs(env, list.Get(static_cast<uint32_t>(i)), &cpuid->entries[i]);
-  if (ioctl(fd, KVM_SET_CPUID2, cpuid) < 0) ThrowErrno(env, "KVM_SET_CPUID2", errno);
+  FlexTable<KvmCpuid2Header, kvm_cpuid_entry2> cpuid(n);
+  cpuid.header()->nent = static_cast<uint32_t>(n);
+  for (size_t i = 0; i < n; i++) CpuidEntryFromJs(env, list.Get(static_cast<uint32_t>(i)), &cpuid.entries()[i]);
+  if (ioctl(fd, kKvmSetCpuid2, cpuid.data()) < 0) ThrowErrno(env, "KVM_SET_CPUID2", errno);
   return env.Undefined();
 }
 

@@ -58,4 +58,17 @@ describeKvm('virtio-blk with a freestanding driver', () => {
     expect(m.data0.flushRequests).toBeGreaterThan(0);
     expect(m.ro1.errors).toBeGreaterThan(0);
   });
+
+  it('survives a hostile driver: every malformed request fails or marks the device for reset', async () => {
+    const img = image('hostile.img', 32);
+    const vm = new MicroVM().memory(32).kernel(guest('badvirtio')).drive('victim', { path: img.path });
+    const run = await runVm(vm);
+    expect(run.info.reason).toBe('reset');
+    const cases = ['oob_addr', 'wrap_addr', 'huge_len', 'loop', 'next_oob', 'avail_far'];
+    for (const c of cases) expect(run.lines).toContain(`PASS hostile ${c}`);
+    expect(run.lines).toContain('PASS hostile recover');
+    expect(parseInt(run.kv.get('hostile recovered sum0')!, 16)).toBe(sum(img.data.subarray(0, SECTOR)));
+    expect(run.lines.filter((l) => l.startsWith('FAIL'))).toEqual([]);
+    expect(fs.readFileSync(img.path).equals(img.data)).toBe(true);
+  });
 });
