@@ -138,7 +138,7 @@ if [ ! -f "$INITRD" ]; then
   echo "$KVM_AMD_PARAMS" > "$T/mod/kvm_amd.params"
   printf '%s\n' "$INIT" > "$T/init"; chmod +x "$T/init"
   (cd "$T" && find . | /bin/busybox cpio -o -H newc 2>/dev/null | gzip -1) > "$INITRD.tmp"
-  mv "$INITRD.tmp" "$INITRD"; rm -rf "$T"
+  rm -f "$CACHE"/initrd-*.gz; mv "$INITRD.tmp" "$INITRD"; rm -rf "$T"
 fi
 
 # --- job -----------------------------------------------------------------------
