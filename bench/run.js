@@ -5,10 +5,11 @@
 //              approximated by start() resolving: vCPU threads are running when it resolves), for a
 //              128 MiB VM with ../shared/guest/vmlinux (needs /dev/kvm)
 //   density    RSS of one process with 1, 10 and 50 idle small VMs, minus guest RAM they touched
+//   console    UART accesses that reach JavaScript per printed byte, Linux boot (needs /dev/kvm)
 //   queue      the split-virtqueue's own cost per request (mock driver, no KVM)
 //   block      virtio-blk host-side throughput (mock driver, file in page cache, no KVM)
 //
-//   node bench/run.js [setup|density|queue|block ...]   (default: all)
+//   node bench/run.js [setup|density|console|queue|block ...]   (default: all)
 'use strict';
 const path = require('path');
 const fs = require('fs');
@@ -26,11 +27,12 @@ function runTs(file) {
 async function main() {
   const { isKvmAvailable } = require('kindling');
   const kvm = isKvmAvailable();
-  if (want('setup') || want('density')) {
-    if (!kvm.ok) console.log(`setup, density: skipped, KVM unavailable (${kvm.reason})`);
+  if (want('setup') || want('density') || want('console')) {
+    if (!kvm.ok) console.log(`setup, density, console: skipped, KVM unavailable (${kvm.reason}); try: bash scripts/kvm-in-qemu.sh -- npm run bench`);
     else {
       if (want('setup')) await require('./setup.bench').run();
       if (want('density')) await require('./density.bench').run();
+      if (want('console')) await require('./console.bench').run();
     }
   }
   if (want('queue') && fs.existsSync(path.join(__dirname, 'queue.bench.ts'))) runTs('queue.bench.ts');

@@ -54,12 +54,15 @@ export function parseKt(output: string): { kv: Map<string, string>; lines: strin
 
 /**
  * Boots `vm` (already configured), optionally feeding it input once it prints `KT: READY`,
- * and waits for its end with a timeout that stops it.
+ * and waits for its end with a timeout that stops it. `KINDLING_TEST_SERIAL=1` echoes the guest's
+ * console to stderr as it comes.
  */
 export async function runVm(vm: MicroVM, opts: { input?: string[]; timeoutMs?: number } = {}): Promise<GuestRun> {
   let output = '';
   let fed = false;
+  const echo = process.env.KINDLING_TEST_SERIAL === '1';
   vm.on('serial', (c) => {
+    if (echo) process.stderr.write(c);
     output += c.toString('latin1');
     if (opts.input && !fed && output.includes('KT: READY')) {
       fed = true;

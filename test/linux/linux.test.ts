@@ -17,6 +17,7 @@ import { detectHostQuirks } from '../../lib/cpu';
 const { buildInitramfs } = require('../../scripts/initramfs');
 
 const KERNEL = process.env.KINDLING_TEST_KERNEL ?? path.join(__dirname, '../../../shared/guest/vmlinux');
+const VM_TIMEOUT_MS = Number(process.env.KINDLING_LINUX_TIMEOUT_MS ?? 25 * 60_000);
 const CMDLINE = 'console=ttyS0 reboot=k panic=-1 i8042.noaux i8042.nomux i8042.dumbkbd';
 const emulated = detectHostQuirks().emulatedKvm;
 const describeLinux = fs.existsSync(KERNEL) ? describeKvm : describe.skip;
@@ -39,12 +40,66 @@ describeLinux(`Linux guest (${KERNEL})`, () => {
     const initrd = path.join(tmp, 'initramfs.cpio.gz');
     fs.writeFileSync(initrd, buildInitramfs());
     const vm = new MicroVM({ id: 'linux-smp' }).vcpus(2).memory(256).kernel(KERNEL, { cmdline: CMDLINE, initrd });
-    const run = await runVm(vm, { timeoutMs: 25 * 60_000 });
+    const run = await runVm(vm, { timeoutMs: VM_TIMEOUT_MS });
     console.log(`Linux SMP boot ended (${run.info.reason}) after ${((Date.now() - t0) / 1000).toFixed(1)} s`);
     expect(run.output).toMatch(/smp: Brought up 1 node, 2 CPUs/);
     expect(run.output).toMatch(/Run \/init as init process/);
     expect(run.info.reason).toBe('reset');
     if (!emulated) expect(run.output).toMatch(/kindling-init: hello from user space, 2 CPUs/);
+  });
+
+  it('reboots when the host presses Ctrl+Alt+Del', async () => {
+    // panic=0: a crashing init (as on emulated KVM) would hang instead of rebooting, so only the
+    // key press can end this VM with a reset.
+    const initrd = path.join(tmp, 'initramfs-sleep.cpio.gz');
+    fs.writeFileSync(initrd, buildInitramfs({ init: '#!/bin/busybox sh\necho kindling-cad-ready\nexec /bin/busybox sleep 100000\n' }));
+    const vm = new MicroVM({ id: 'linux-cad' }).memory(128)
+      .kernel(KERNEL, { cmdline: CMDLINE.replace('panic=-1', 'panic=0'), initrd });
+    let out = '';
+    let pressed = false;
+    vm.on('serial', (c) => {
+      out += c.toString('latin1');
+      // The VT keyboard handler is attached once the AT keyboard is registered.
+      if (!pressed && /input: AT .*keyboard/.test(out)) {
+        pressed = true;
+        setTimeout(() => vm.sendCtrlAltDel(), 100);
+      }
+    });
+    await vm.start();
+    const timer = setTimeout(() => void vm.stop(), VM_TIMEOUT_MS);
+    const info = await vm.wait();
+    clearTimeout(timer);
+    console.log(`Linux Ctrl+Alt+Del boot ended (${info.reason}) after ${((Date.now() - t0) / 1000).toFixed(1)} s`);
+    expect(pressed).toBe(true);
+    expect(info.reason).toBe('reset');
+    expect(out).toMatch(/reboot: Restarting system/);
+    expect(vm.metrics().i8042.ctrlAltDels).toBe(1);
+  });
+
+  it('tells the guest about a swapped backing file: Linux sees the new capacity', async () => {
+    const small = path.join(tmp, 'small.img');
+    const large = path.join(tmp, 'large.img');
+    fs.writeFileSync(small, Buffer.alloc(8 * 1024 * 1024));
+    fs.writeFileSync(large, Buffer.alloc(24 * 1024 * 1024));
+    const vm = new MicroVM({ id: 'linux-resize' }).memory(128)
+      .kernel(KERNEL, { cmdline: CMDLINE.replace('panic=-1', 'panic=0') })
+      .drive('data', { path: small });
+    let out = '';
+    let swapped: Promise<void> | undefined;
+    vm.on('serial', (c) => {
+      out += c.toString('latin1');
+      if (!swapped && /\[vda\] 16384 512-byte logical blocks/.test(out)) swapped = vm.updateDrive('data', { path: large });
+      if (/\[vda\] new size: 49152 512-byte logical blocks/.test(out)) void vm.stop();
+    });
+    await vm.start();
+    const timer = setTimeout(() => void vm.stop(), VM_TIMEOUT_MS);
+    await vm.wait();
+    clearTimeout(timer);
+    await swapped;
+    console.log(`Linux drive-swap boot ended after ${((Date.now() - t0) / 1000).toFixed(1)} s`);
+    expect(out).toMatch(/\[vda\] 16384 512-byte logical blocks/);
+    expect(out).toMatch(/\[vda\] new size: 49152 512-byte logical blocks/);
+    expect(vm.metrics().drives.data.backendSwaps).toBe(1);
   });
 
   it('mounts an ext4 root drive read-write, and a read-only one without changing it', async () => {
@@ -65,7 +120,7 @@ describeLinux(`Linux guest (${KERNEL})`, () => {
       .kernel(KERNEL, { cmdline: CMDLINE })
       .drive('rootfs', { path: rootImg, root: true })
       .drive('ro', { path: roImg, readOnly: true });
-    const run = await runVm(vm, { timeoutMs: 25 * 60_000 });
+    const run = await runVm(vm, { timeoutMs: VM_TIMEOUT_MS });
     console.log(`Linux ext4-root boot ended (${run.info.reason}) after ${((Date.now() - t0) / 1000).toFixed(1)} s`);
     expect(run.output).toMatch(/virtio_blk virtio0: .*\[vda\]/);
     expect(run.output).toMatch(/virtio_blk virtio1: .*\[vdb\]/);
@@ -91,7 +146,7 @@ describeLinux(`Linux guest (${KERNEL})`, () => {
     const vm2 = new MicroVM({ id: 'linux-ro' }).memory(256)
       .kernel(KERNEL, { cmdline: CMDLINE })
       .drive('rootro', { path: roImg, root: true, readOnly: true });
-    const run2 = await runVm(vm2, { timeoutMs: 25 * 60_000 });
+    const run2 = await runVm(vm2, { timeoutMs: VM_TIMEOUT_MS });
     console.log(`Linux read-only-root boot ended (${run2.info.reason}) after ${((Date.now() - t0) / 1000).toFixed(1)} s`);
     expect(run2.output).toMatch(/VFS: Mounted root \(ext4 filesystem\) readonly on device 254:0/);
     expect(run2.info.reason).toBe('reset');
