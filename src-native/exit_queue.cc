@@ -30,7 +30,7 @@ VmCore::~VmCore() {
 void VmCore::PushLocked(ExitRecord&& r) {
   if (r.type == RecordType::kIo) r.seq = nextSeq_++;
   queue_.push_back(std::move(r));
-  // Signal only on the first record after a drain started: the drain empties the whole queue.
+  // Signal only when no drain is pending (see FinishDrain).
   if (!signalPending_ && tsfn != nullptr) {
     signalPending_ = true;
     napi_call_threadsafe_function(tsfn, nullptr, napi_tsfn_nonblocking);
@@ -38,7 +38,16 @@ void VmCore::PushLocked(ExitRecord&& r) {
 }
 
 void VmCore::PostWrite(VcpuCore& v, uint8_t kind, uint64_t addr, uint32_t size, uint32_t value) {
-  std::lock_guard<std::mutex> lk(mu_);
+  std::unique_lock<std::mutex> lk(mu_);
+  if (queue_.size() >= kMaxQueuedRecords && !stopping.load()) {
+    // Backpressure. While it waits the thread is outside KVM_RUN and only JavaScript (draining)
+    // or a stop lets it go on, so it counts as quiescent for pauseVcpus.
+    v.state = VcpuState::kWaitingJs;
+    quiesceCv_.notify_all();
+    spaceCv_.wait(lk, [&] { return queue_.size() < kMaxQueuedRecords || stopping.load(); });
+    v.state = VcpuState::kRunning;
+  }
+  // A stopping VM still takes the write: JavaScript handles what was queued before the stop.
   ExitRecord r;
   r.type = RecordType::kIo;
   r.kind = kind;
@@ -145,7 +154,13 @@ bool VmCore::Pop(ExitRecord* out) {
   if (queue_.empty()) return false;
   *out = std::move(queue_.front());
   queue_.pop_front();
+  if (queue_.size() == kMaxQueuedRecords - 1) spaceCv_.notify_all();
   return true;
+}
+
+size_t VmCore::Queued() {
+  std::lock_guard<std::mutex> lk(mu_);
+  return queue_.size();
 }
 
 bool VmCore::StillWaiting(const ExitRecord& r) {
@@ -165,17 +180,14 @@ void VmCore::Answer(const ExitRecord& r, uint64_t value) {
   v.answerCv.notify_one();
 }
 
-void VmCore::ClearSignal() {
+bool VmCore::FinishDrain() {
   std::lock_guard<std::mutex> lk(mu_);
-  signalPending_ = false;
-}
-
-void VmCore::Resignal() {
-  std::lock_guard<std::mutex> lk(mu_);
-  if (!queue_.empty() && !signalPending_ && tsfn != nullptr) {
-    signalPending_ = true;
-    napi_call_threadsafe_function(tsfn, nullptr, napi_tsfn_nonblocking);
+  if (queue_.empty()) {
+    signalPending_ = false;
+    return false;
   }
+  signalPending_ = true;
+  return true;
 }
 
 void VmCore::StartThread(VcpuCore& v, std::function<void()> body) {
@@ -215,6 +227,7 @@ void VmCore::StopAll() {
     for (auto& v : vcpus) v->answerCv.notify_all();
     parkCv_.notify_all();
     quiesceCv_.notify_all();
+    spaceCv_.notify_all();
   }
   KickAll();
   for (auto& v : vcpus) {

@@ -30,7 +30,6 @@ void CallJs(napi_env env, napi_value /*js_callback*/, void* context, void* /*dat
   if (env == nullptr) return;  // the function is being torn down
   const CoreHolder& core = *static_cast<CoreHolder*>(context);
   if (core->closed || core->owner == nullptr) return;
-  core->ClearSignal();
   core->owner->DrainFromLoop(env);
 }
 
@@ -221,17 +220,30 @@ void Vm::DrainFromLoop(Napi::Env env) {
       pendingError = e.Value();
     }
   }
+  if (!torndown_ && core_->FinishDrain()) ScheduleDrain(env);
   if (pendingError != nullptr) napi_fatal_exception(env, pendingError);
+}
+
+void Vm::ScheduleDrain(Napi::Env env) {
+  // setImmediate: the rest is handled after this loop turn's I/O callbacks and before its timers
+  // are due again, and whatever was queued with setImmediate earlier runs first.
+  std::weak_ptr<VmCore> weak = core_;
+  Napi::Function next = Napi::Function::New(env, [weak](const Napi::CallbackInfo& info) {
+    std::shared_ptr<VmCore> core = weak.lock();
+    if (core && !core->closed && core->owner != nullptr) core->owner->DrainFromLoop(info.Env());
+  });
+  env.Global().Get("setImmediate").As<Napi::Function>().Call({next});
 }
 
 void Vm::Drain(Napi::Env env) {
   ExitRecord r;
-  try {
-    while (!torndown_ && core_->Pop(&r)) Dispatch(env, r);
-  } catch (...) {
-    // The records behind the one whose handler threw still have to be delivered.
-    core_->Resignal();
-    throw;
+  // Only the records queued when the drain starts: vCPUs keep adding while JavaScript handles
+  // them, and a guest that does I/O without pause must not keep the event loop (timers, other
+  // VMs, the host's own work) waiting. DrainFromLoop schedules the rest for later.
+  size_t budget = core_->Queued();
+  while (budget > 0 && !torndown_ && core_->Pop(&r)) {
+    budget--;
+    Dispatch(env, r);
   }
 }
 

@@ -62,7 +62,10 @@ class Vm : public Napi::ObjectWrap<Vm> {
   Napi::Value Close(const Napi::CallbackInfo& info);
 
   int Fd(Napi::Env env, const char* op);
+  /** Handles the records queued when it starts (see VmCore::FinishDrain for the rest). */
   void Drain(Napi::Env env);
+  /** Runs DrainFromLoop again from setImmediate. */
+  void ScheduleDrain(Napi::Env env);
   void Dispatch(Napi::Env env, ExitRecord& r);
   void VcpuEnded(Napi::Env env);
   /** explicit: close() (may run handlers, detaches buffers); otherwise finalizer or env cleanup. */

@@ -96,6 +96,13 @@ struct VcpuCore {
   }
 };
 
+/**
+ * The most records the queue holds. Writes are posted so that a vCPU need not wait for
+ * JavaScript, but a guest that writes faster than JavaScript handles the writes must not grow
+ * the queue (host memory) without bound: a posted write that finds the queue full waits for room.
+ */
+constexpr size_t kMaxQueuedRecords = 4096;
+
 /** One read-cache group of ports (definePioReadCache). */
 struct PioCacheGroup {
   uint32_t base = 0;
@@ -140,16 +147,24 @@ class VmCore {
   void ThreadEnded(VcpuCore& v);
 
   // ---- JavaScript-thread side ----
-  /** Takes the oldest record; false when the queue is empty. */
+  /** Takes the oldest record; false when the queue is empty. Wakes writers held by backpressure. */
   bool Pop(ExitRecord* out);
+  /** How many records are queued now. */
+  size_t Queued();
   /** Whether a record's vCPU still waits for this answer (false after a stop cancelled it). */
   bool StillWaiting(const ExitRecord& r);
   /** Delivers an answer (read value or verdict) to the vCPU that waits for it. */
   void Answer(const ExitRecord& r, uint64_t value);
-  /** The TSFN callback calls this before draining so that later records signal again. */
-  void ClearSignal();
-  /** Signals the TSFN again if records are queued (after a handler threw mid-drain). */
-  void Resignal();
+  /**
+   * Ends a drain driven by the event loop. Returns true when records are still queued: the
+   * caller then schedules the next drain itself and the signal stays raised, so that vCPUs do
+   * not queue more thread-safe-function calls (Node runs up to 1000 of those in one loop turn,
+   * which would starve everything else). Returns false, and lowers the signal, when the queue is
+   * empty: the next record signals again.
+   *
+   * Invariant: while records are queued, a drain is pending (a TSFN call or a continuation).
+   */
+  bool FinishDrain();
   /**
    * Starts vCPU `v`'s run thread (VcpuThreadMain, or `body` for the test hooks); throws
    * std::system_error if the thread cannot be created.
@@ -181,6 +196,7 @@ class VmCore {
   bool signalPending_ = false;
   std::condition_variable parkCv_;     // parked vCPUs wait here for resume/stop
   std::condition_variable quiesceCv_;  // pauseVcpus waits here
+  std::condition_variable spaceCv_;    // posted writes wait here while the queue is full
   std::vector<PioCacheGroup> pioGroups_;
 };
 

@@ -7,6 +7,7 @@
  * init's own output is required only on an ordinary KVM host.
  */
 import { execFileSync } from 'child_process';
+import { createHash } from 'crypto';
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
@@ -108,18 +109,35 @@ describeLinux(`Linux guest (${KERNEL})`, () => {
     fs.copyFileSync('/bin/busybox', path.join(rootDir, 'bin/busybox'));
     fs.chmodSync(path.join(rootDir, 'bin/busybox'), 0o755);
     fs.symlinkSync('busybox', path.join(rootDir, 'bin/sh'));
-    fs.writeFileSync(path.join(rootDir, 'sbin/init'), '#!/bin/sh\necho kindling-rootfs-init\n/bin/busybox sync\n/bin/busybox reboot -f\n', { mode: 0o755 });
+    // On an ordinary KVM host this init also reads sector 0 of a third drive (printing its MD5) and
+    // writes a line into sector 1, which the host then checks.
+    fs.writeFileSync(path.join(rootDir, 'sbin/init'), [
+      '#!/bin/sh',
+      'echo kindling-rootfs-init',
+      'if [ -b /dev/vdc ]; then',
+      '  /bin/busybox dd if=/dev/vdc bs=512 count=1 2>/dev/null | /bin/busybox md5sum | /bin/busybox sed "s/^/kindling-vdc-md5=/"',
+      '  echo kindling-wrote-this | /bin/busybox dd of=/dev/vdc bs=512 seek=1 conv=sync 2>/dev/null',
+      'fi',
+      '/bin/busybox sync',
+      '/bin/busybox reboot -f',
+      '',
+    ].join('\n'), { mode: 0o755 });
     const rootImg = path.join(tmp, 'root.ext4');
     const roImg = path.join(tmp, 'ro.ext4');
     execFileSync('mke2fs', ['-q', '-t', 'ext4', '-d', rootDir, '-F', rootImg, '32M']);
     execFileSync('mke2fs', ['-q', '-t', 'ext4', '-d', rootDir, '-F', roImg, '16M']);
     const before = superblock(rootImg);
     const roBytes = fs.readFileSync(roImg);
+    const scratch = path.join(tmp, 'scratch.img');
+    const scratchBytes = Buffer.alloc(1024 * 1024);
+    for (let i = 0; i < scratchBytes.length; i++) scratchBytes[i] = (i * 7 + 1) & 0xff;
+    fs.writeFileSync(scratch, scratchBytes);
 
     const vm = new MicroVM({ id: 'linux-blk' }).memory(256)
       .kernel(KERNEL, { cmdline: CMDLINE })
       .drive('rootfs', { path: rootImg, root: true })
-      .drive('ro', { path: roImg, readOnly: true });
+      .drive('ro', { path: roImg, readOnly: true })
+      .drive('scratch', { path: scratch });
     const run = await runVm(vm, { timeoutMs: VM_TIMEOUT_MS });
     console.log(`Linux ext4-root boot ended (${run.info.reason}) after ${((Date.now() - t0) / 1000).toFixed(1)} s`);
     expect(run.output).toMatch(/virtio_blk virtio0: .*\[vda\]/);
@@ -127,7 +145,17 @@ describeLinux(`Linux guest (${KERNEL})`, () => {
     expect(run.output).toMatch(/EXT4-fs \(vda\): mounted filesystem/);
     expect(run.output).toMatch(/VFS: Mounted root \(ext4 filesystem\) on device 254:0/);
     expect(run.info.reason).toBe('reset');
-    if (!emulated) expect(run.output).toMatch(/kindling-rootfs-init/);
+    if (!emulated) {
+      expect(run.output).toMatch(/kindling-rootfs-init/);
+      const md5 = createHash('md5').update(scratchBytes.subarray(0, 512)).digest('hex');
+      expect(run.output).toContain(`kindling-vdc-md5=${md5}`);
+      const after = fs.readFileSync(scratch);
+      const line = Buffer.from('kindling-wrote-this\n');
+      const expected = Buffer.from(scratchBytes);
+      expected.fill(0, 512, 1024);
+      line.copy(expected, 512);
+      expect(after.equals(expected)).toBe(true);
+    }
 
     const after = superblock(rootImg);
     expect(after.mountCount).toBe(before.mountCount + 1);

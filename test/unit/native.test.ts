@@ -327,6 +327,33 @@ describe('exit queue', () => {
     vm.close();
   });
 
+  it('a guest writing without pause neither starves the event loop nor grows the queue without bound', async () => {
+    const vm = hooks.createVm();
+    const rec = recorder({});
+    vm.setExitHandlers(rec.handlers);
+    const N = 20000;
+    // Every write is handled only once a setImmediate queued at the first one has run: if one drain
+    // handled the whole burst, the immediate could not run in between.
+    let immediateRan = false;
+    let handledBeforeImmediate = -1;
+    const io = rec.handlers.io;
+    rec.handlers.io = (...args) => {
+      if (rec.io.length === 0) setImmediate(() => { immediateRan = true; handledBeforeImmediate = rec.io.length; });
+      return io(...args);
+    };
+    vm.setExitHandlers(rec.handlers);
+    hooks.startScript(vm, 0, Array.from({ length: N }, (_, i) => ['w', ExitKind.PioWrite, 0x80, 1, i & 0xff] as Step));
+    await rec.allStopped(1);
+    vm.stopVcpus();
+    expect(rec.io.length).toBe(N);
+    expect(rec.io.map((r) => r.seq)).toEqual(Array.from({ length: N }, (_, i) => i + 1));
+    expect(immediateRan).toBe(true);
+    // The queue holds at most 4096 records, and a drain handles only what was queued when it began.
+    expect(handledBeforeImmediate).toBeGreaterThan(0);
+    expect(handledBeforeImmediate).toBeLessThanOrEqual(4096);
+    vm.close();
+  });
+
   it('PIO read cache: answers on the vCPU, invalidated by non-transparent writes, seq-checked', async () => {
     const vm = hooks.createVm();
     const LSR = 0x3fd;
