@@ -1,4 +1,3 @@
-import type { IrqLine } from '../../lib/bus';
 import {
   CTRL_ALT_DEL_SET1,
   CTRL_ALT_DEL_SET2,
@@ -10,19 +9,11 @@ import {
   STR_OBF,
   STR_SYS,
 } from '../../lib/devices/i8042';
+import { LevelIrq } from './helpers/level-irq';
 
-class FakeIrq implements IrqLine {
-  level = false;
-  history: boolean[] = [];
-  setLevel(level: boolean): void {
-    this.level = level;
-    this.history.push(level);
-  }
-  trigger(): void {
-    throw new Error('the i8042 drives its line with setLevel only');
-  }
-  get rises(): number {
-    return this.history.filter((l) => l).length;
+class FakeIrq extends LevelIrq {
+  constructor() {
+    super('i8042');
   }
 }
 

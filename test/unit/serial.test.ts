@@ -1,5 +1,4 @@
 import fc from 'fast-check';
-import type { IrqLine } from '../../lib/bus';
 import {
   Serial,
   SerialError,
@@ -14,19 +13,11 @@ import {
   UART_RBR_THR,
   UART_SCR,
 } from '../../lib/devices/serial';
+import { LevelIrq } from './helpers/level-irq';
 
-class FakeIrq implements IrqLine {
-  level = false;
-  history: boolean[] = [];
-  setLevel(level: boolean): void {
-    this.level = level;
-    this.history.push(level);
-  }
-  trigger(): void {
-    throw new Error('the UART drives its line with setLevel only');
-  }
-  get rises(): number {
-    return this.history.filter((l) => l).length;
+class FakeIrq extends LevelIrq {
+  constructor() {
+    super('UART');
   }
 }
 

@@ -147,34 +147,23 @@ export class FileBackend implements BlockBackend {
   }
 
   /** @inheritDoc */
-  async readv(views: readonly Uint8Array[], offset: number): Promise<number> {
-    const total = totalLength(views);
-    checkSpan(offset, total);
-    let done = 0;
-    let rest: readonly Uint8Array[] = views;
-    while (done < total) {
-      const fd = this.liveFd();
-      const at = offset + done;
-      let n: number;
-      try {
-        n = await new Promise<number>((resolve, reject) =>
-          rest.length === 1
-            ? fs.read(fd, rest[0], 0, rest[0].length, at, (err, got) => (err ? reject(err) : resolve(got)))
-            : fs.readv(fd, rest as Uint8Array[], at, (err, got) => (err ? reject(err) : resolve(got))),
-        );
-      } catch (e) {
-        throw ioError(`read of ${this.path} at ${at}`, e);
-      }
-      if (n === 0) break; // end of file
-      done += n;
-      rest = dropFront(rest, n);
-    }
-    return done;
+  readv(views: readonly Uint8Array[], offset: number): Promise<number> {
+    return this.transfer('read', views, offset);
   }
 
   /** @inheritDoc */
-  async writev(views: readonly Uint8Array[], offset: number): Promise<number> {
-    if (this.readOnly) throw new BlockError('READ_ONLY', `${this.path} is open read-only`);
+  writev(views: readonly Uint8Array[], offset: number): Promise<number> {
+    if (this.readOnly) return Promise.reject(new BlockError('READ_ONLY', `${this.path} is open read-only`));
+    return this.transfer('write', views, offset);
+  }
+
+  /**
+   * Moves `views` to or from the file at `offset`, straight between guest memory and the kernel
+   * (pread/preadv, pwrite/pwritev on the libuv pool), looping over short transfers. A read stops
+   * at end of file (the caller sees fewer bytes); a write that makes no progress is an error,
+   * since retrying it would loop forever.
+   */
+  private async transfer(op: 'read' | 'write', views: readonly Uint8Array[], offset: number): Promise<number> {
     const total = totalLength(views);
     checkSpan(offset, total);
     let done = 0;
@@ -184,16 +173,21 @@ export class FileBackend implements BlockBackend {
       const at = offset + done;
       let n: number;
       try {
-        n = await new Promise<number>((resolve, reject) =>
-          rest.length === 1
-            ? fs.write(fd, rest[0], 0, rest[0].length, at, (err, put) => (err ? reject(err) : resolve(put)))
-            : fs.writev(fd, rest as Uint8Array[], at, (err, put) => (err ? reject(err) : resolve(put))),
-        );
+        n = await new Promise<number>((resolve, reject) => {
+          const cb = (err: NodeJS.ErrnoException | null, moved: number) => (err ? reject(err) : resolve(moved));
+          if (op === 'read') {
+            if (rest.length === 1) fs.read(fd, rest[0], 0, rest[0].length, at, cb);
+            else fs.readv(fd, rest as Uint8Array[], at, cb);
+          } else if (rest.length === 1) fs.write(fd, rest[0], 0, rest[0].length, at, cb);
+          else fs.writev(fd, rest as Uint8Array[], at, cb);
+        });
       } catch (e) {
-        throw ioError(`write of ${this.path} at ${at}`, e);
+        throw ioError(`${op} of ${this.path} at ${at}`, e);
       }
-      // A write that makes no progress would loop forever.
-      if (n <= 0) throw new BlockError('IO_ERROR', `write of ${this.path} at ${at} made no progress`);
+      if (n <= 0) {
+        if (op === 'read') break; // end of file
+        throw new BlockError('IO_ERROR', `write of ${this.path} at ${at} made no progress`);
+      }
       done += n;
       rest = dropFront(rest, n);
     }
