@@ -15,13 +15,14 @@ bash scripts/setup.sh
 
 # Runs a command inside the QEMU guest. Exit status 125 means the emulated machine itself stopped
 # answering (QEMU's software SVM occasionally livelocks), not that a test failed: retry that once.
+# Each step takes 1-3 minutes there; KVMQ_TIMEOUT (15 minutes by default) bounds a stuck one.
 in_qemu() {
   local rc=0
-  KVMQ_TIMEOUT="${KVMQ_TIMEOUT:-2400}" bash scripts/kvm-in-qemu.sh -- "$@" || rc=$?
+  KVMQ_TIMEOUT="${KVMQ_TIMEOUT:-900}" bash scripts/kvm-in-qemu.sh -- "$@" || rc=$?
   if [ "$rc" -eq 125 ]; then
     echo "[test] the QEMU guest stopped answering; running that step once more" >&2
     rc=0
-    KVMQ_TIMEOUT="${KVMQ_TIMEOUT:-2400}" bash scripts/kvm-in-qemu.sh -- "$@" || rc=$?
+    KVMQ_TIMEOUT="${KVMQ_TIMEOUT:-900}" bash scripts/kvm-in-qemu.sh -- "$@" || rc=$?
   fi
   return "$rc"
 }

@@ -57,24 +57,34 @@ describeLinux(`Linux guest (${KERNEL})`, () => {
     const vm = new MicroVM({ id: 'linux-cad' }).memory(128)
       .kernel(KERNEL, { cmdline: CMDLINE.replace('panic=-1', 'panic=0'), initrd });
     let out = '';
-    let pressed = false;
+    let presses = 0;
+    let repeat: NodeJS.Timeout | undefined;
+    const press = () => {
+      if (vm.state !== 'running') return;
+      presses++;
+      vm.sendCtrlAltDel();
+    };
     vm.on('serial', (c) => {
       out += c.toString('latin1');
-      // The VT keyboard handler is attached once the AT keyboard is registered.
-      if (!pressed && /input: AT .*keyboard/.test(out)) {
-        pressed = true;
-        setTimeout(() => vm.sendCtrlAltDel(), 100);
+      // Keys that arrive before the VT keyboard handler is attached to the new AT keyboard are
+      // dropped by the guest, and how long that takes depends on the host's speed: press from the
+      // moment the keyboard is registered, and again every half second until the guest reboots.
+      if (!repeat && /input: AT .*keyboard/.test(out)) {
+        press();
+        repeat = setInterval(press, 500);
       }
     });
     await vm.start();
     const timer = setTimeout(() => void vm.stop(), VM_TIMEOUT_MS);
     const info = await vm.wait();
     clearTimeout(timer);
-    console.log(`Linux Ctrl+Alt+Del boot ended (${info.reason}) after ${((Date.now() - t0) / 1000).toFixed(1)} s`);
-    expect(pressed).toBe(true);
+    clearInterval(repeat);
+    console.log(`Linux Ctrl+Alt+Del boot ended (${info.reason}) after ${((Date.now() - t0) / 1000).toFixed(1)} s, ${presses} presses`);
+    expect(presses).toBeGreaterThan(0);
     expect(info.reason).toBe('reset');
     expect(out).toMatch(/reboot: Restarting system/);
-    expect(vm.metrics().i8042.ctrlAltDels).toBe(1);
+    expect(vm.metrics().i8042.ctrlAltDels).toBeGreaterThan(0);
+    expect(vm.metrics().i8042.ctrlAltDels).toBeLessThanOrEqual(presses);
   });
 
   it('tells the guest about a swapped backing file: Linux sees the new capacity', async () => {
