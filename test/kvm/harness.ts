@@ -12,6 +12,12 @@ import { isKvmAvailable } from '../../lib/native/binding';
 export const GUEST_DIR = path.join(__dirname, '..', 'guests', 'out');
 
 const kvm = isKvmAvailable();
+
+// KINDLING_TEST_HEARTBEAT=1: a line on stderr every 10 s while tests run, to tell a stuck event
+// loop (no heartbeat) from a slow guest (heartbeat goes on).
+if (process.env.KINDLING_TEST_HEARTBEAT === '1') {
+  setInterval(() => process.stderr.write(`[heartbeat ${new Date().toISOString()}]\n`), 10_000).unref();
+}
 if (!kvm.ok) {
   // eslint-disable-next-line no-console
   console.warn(`SKIPPING KVM guest tests: ${kvm.reason}`);
