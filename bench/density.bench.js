@@ -8,20 +8,27 @@ const { MicroVM } = require('kindling');
 
 const GUEST = path.join(__dirname, '../test/guests/out/echo.elf');
 
-/** Resident bytes of guest-memory mappings (anonymous mappings of exactly the VM size). */
-function guestResident(sizeBytes) {
+/**
+ * Resident bytes from one read of /proc/self/smaps: all mappings, and those of exactly the guest
+ * memory size (the guests' RAM). Both from the same instant, so their difference is the host's.
+ */
+function resident(guestSizeBytes) {
   const smaps = fs.readFileSync('/proc/self/smaps', 'utf8').split('\n');
   let total = 0;
-  for (let i = 0; i < smaps.length; i++) {
-    const m = /^([0-9a-f]+)-([0-9a-f]+) /.exec(smaps[i]);
-    if (!m) continue;
-    if (parseInt(m[2], 16) - parseInt(m[1], 16) !== sizeBytes) continue;
-    for (let j = i + 1; j < smaps.length && !/^[0-9a-f]+-/.test(smaps[j]); j++) {
-      const r = /^Rss:\s+(\d+) kB/.exec(smaps[j]);
-      if (r) total += Number(r[1]) * 1024;
+  let guest = 0;
+  let isGuest = false;
+  for (const line of smaps) {
+    const m = /^([0-9a-f]+)-([0-9a-f]+) /.exec(line);
+    if (m) {
+      isGuest = parseInt(m[2], 16) - parseInt(m[1], 16) === guestSizeBytes;
+      continue;
     }
+    const r = /^Rss:\s+(\d+) kB/.exec(line);
+    if (!r) continue;
+    total += Number(r[1]) * 1024;
+    if (isGuest) guest += Number(r[1]) * 1024;
   }
-  return total;
+  return { total, guest };
 }
 
 async function idle(n) {
@@ -36,17 +43,19 @@ async function idle(n) {
   }
   global.gc?.();
   await new Promise((r) => setTimeout(r, 200));
-  const rss = process.memoryUsage().rss;
-  const guest = guestResident(16 * 1024 * 1024);
+  const r = resident(16 * 1024 * 1024);
   for (const vm of vms) await vm.stop();
-  return { rss, guest };
+  return r;
 }
 
 exports.run = async function run() {
-  const base = process.memoryUsage().rss;
+  // A first VM loads the guest image, the addon and the JIT-compiled paths: not per-VM costs.
+  await idle(1);
+  global.gc?.();
+  const base = resident(16 * 1024 * 1024);
   for (const n of [1, 10, 50]) {
-    const { rss, guest } = await idle(n);
-    const host = rss - base - guest;
-    console.log(`density: ${n} idle VMs: RSS +${((rss - base) / 1048576).toFixed(1)} MiB, guest RAM touched ${(guest / 1048576).toFixed(1)} MiB, host overhead ${(host / n / 1024).toFixed(0)} KiB per VM`);
+    const r = await idle(n);
+    const host = r.total - r.guest - (base.total - base.guest);
+    console.log(`density: ${n} idle VMs: RSS ${(r.total / 1048576).toFixed(1)} MiB, of which guest RAM ${(r.guest / 1048576).toFixed(1)} MiB; host memory added ${(host / n / 1024).toFixed(0)} KiB per VM`);
   }
 };
