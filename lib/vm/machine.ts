@@ -107,9 +107,9 @@ export interface MachineEvents {
 
 interface DriveSlot {
   config: DriveConfig;
+  /** Owns its backend and rate limiter (it closes both). */
   device: BlockDevice;
   transport: MmioTransport;
-  limiter?: RateLimiter;
 }
 
 /** An irqfd-backed edge interrupt for a virtio device. */
@@ -304,12 +304,9 @@ export class Machine {
   private async addDrive(d: DriveConfig, base: number, irq: number): Promise<void> {
     const { addon, vm } = this;
     const backend = await FileBackend.open(d.path, d.readOnly);
-    let limiter: RateLimiter | undefined;
-    const slot = {} as DriveSlot;
-    if (d.rateLimiter) {
-      limiter = new RateLimiter(d.rateLimiter, { onUnblocked: () => slot.device.processQueue(0) });
-    }
-    const device = new BlockDevice({ id: d.id, backend, readOnly: d.readOnly, cacheType: d.cacheType, rateLimiter: limiter });
+    // The device points the limiter's onUnblocked at its own queue.
+    const rateLimiter = d.rateLimiter ? new RateLimiter(d.rateLimiter) : undefined;
+    const device = new BlockDevice({ id: d.id, backend, readOnly: d.readOnly, cacheType: d.cacheType, rateLimiter });
     const irqFd = addon.eventfd(0);
     this.fds.push(irqFd);
     vm.irqfd(irqFd, irq);
@@ -327,8 +324,7 @@ export class Machine {
         transport.notify(q);
       }));
     }
-    Object.assign(slot, { config: d, device, transport, limiter });
-    this.drives.set(d.id, slot);
+    this.drives.set(d.id, { config: d, device, transport });
   }
 
   private flushExits(): void {
@@ -459,10 +455,7 @@ export class Machine {
     this.tornDown = true;
     this.serial.flush();
     for (const w of this.watches.splice(0)) w.close();
-    for (const slot of this.drives.values()) {
-      slot.limiter?.close();
-      await slot.device.close();
-    }
+    for (const slot of this.drives.values()) await slot.device.close();
     try { this.vm.close(); } catch { /* nothing left to do */ }
     for (const fd of this.fds.splice(0)) {
       try { this.addon.closeFd(fd); } catch { /* already closed */ }
@@ -493,13 +486,8 @@ export class Machine {
       slot.config.path = update.path;
       slot.transport.configChanged();
     }
-    if (update.rateLimiter !== undefined) {
-      if (slot.limiter) slot.limiter.update(update.rateLimiter);
-      else {
-        slot.limiter = new RateLimiter(update.rateLimiter, { onUnblocked: () => slot.device.processQueue(0) });
-        slot.device.updateRateLimiter(slot.limiter);
-      }
-    }
+    // Updates the device's limiter in place, or gives it one.
+    if (update.rateLimiter !== undefined) slot.device.updateRateLimiter(update.rateLimiter);
   }
 
   /** Counter snapshot. */

@@ -31,39 +31,13 @@ import {
   VIRTIO_BLK_T_IN,
   VIRTIO_BLK_T_OUT,
 } from '../../lib/devices/block';
-import { RateLimiter, TimerFunctions } from '../../lib/ratelimit';
+import { RateLimiter } from '../../lib/ratelimit';
+import { FakeTime } from './helpers/fake-time';
 import { BumpAllocator, MockBuffer, MockIrq, MockMmioDriver, MockVirtqueue, UsedElem } from './helpers/mock-driver';
 
 const MiB = 1 << 20;
-const MS = 1_000_000n;
 
 /** Fake clock and timers for the rate limiter (the device's own setImmediate stays real). */
-class FakeTime implements TimerFunctions {
-  now = 5_000n * MS;
-  private nextId = 1;
-  timers = new Map<number, { due: bigint; cb: () => void }>();
-  clock = (): bigint => this.now;
-  setTimeout(cb: () => void, ms: number): unknown {
-    const id = this.nextId++;
-    this.timers.set(id, { due: this.now + BigInt(ms) * MS, cb });
-    return id;
-  }
-  clearTimeout(handle: unknown): void {
-    this.timers.delete(handle as number);
-  }
-  advance(ms: number): void {
-    const end = this.now + BigInt(ms) * MS;
-    for (;;) {
-      let first: [number, { due: bigint; cb: () => void }] | undefined;
-      for (const e of this.timers) if (e[1].due <= end && (!first || e[1].due < first[1].due)) first = e;
-      if (!first) break;
-      this.timers.delete(first[0]);
-      if (first[1].due > this.now) this.now = first[1].due;
-      first[1].cb();
-    }
-    this.now = end;
-  }
-}
 
 const tick = () => new Promise<void>((r) => setImmediate(r));
 
@@ -631,7 +605,7 @@ describe('BlockDevice rate limiting', () => {
   }
 
   test('bandwidth throughput is size/refillTime (within 10%), without spinning', async () => {
-    const t = new FakeTime();
+    const t = new FakeTime(5000);
     const limiter = new RateLimiter({ bandwidth: { size: 64 * 1024, refillTime: 100 } }, { clock: t.clock, timers: t });
     const r = rig({ backend: new MemoryBackend(1 * MiB), rateLimiter: limiter });
     const completed = await drive(r, t, 4096, 32, 2000, 10);
@@ -648,7 +622,7 @@ describe('BlockDevice rate limiting', () => {
   });
 
   test('ops throughput is size/refillTime (within 10%)', async () => {
-    const t = new FakeTime();
+    const t = new FakeTime(5000);
     const limiter = new RateLimiter({ ops: { size: 50, refillTime: 1000 } }, { clock: t.clock, timers: t });
     const r = rig({ backend: new MemoryBackend(1 * MiB), rateLimiter: limiter });
     const completed = await drive(r, t, 512, 32, 4000, 20);
@@ -657,7 +631,7 @@ describe('BlockDevice rate limiting', () => {
   });
 
   test('a throttled queue resumes by itself when the limiter unblocks; updateRateLimiter lifts limits', async () => {
-    const t = new FakeTime();
+    const t = new FakeTime(5000);
     const limiter = new RateLimiter({ ops: { size: 2, refillTime: 1000 } }, { clock: t.clock, timers: t });
     const r = rig({ backend: new MemoryBackend(64 * 1024), rateLimiter: limiter });
     for (let i = 0; i < 5; i++) addRequest(r, VIRTIO_BLK_T_IN, 0, { inLen: 512 });

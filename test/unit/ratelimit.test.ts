@@ -1,42 +1,9 @@
 import fc from 'fast-check';
-import { RateLimiter, RateLimitError, TokenBucket, TimerFunctions } from '../../lib/ratelimit';
+import { RateLimiter, RateLimitError, TokenBucket } from '../../lib/ratelimit';
+import { FakeTime, MS } from './helpers/fake-time';
 
-const MS = 1_000_000n;
 
 /** A fake monotonic clock plus a fake timer queue driven by it. */
-class FakeTime implements TimerFunctions {
-  now = 1_000n * MS; // not zero, so nothing depends on the epoch
-  private nextId = 1;
-  timers = new Map<number, { due: bigint; cb: () => void }>();
-  armed: number[] = []; // delays of every setTimeout call, in ms
-  clock = (): bigint => this.now;
-
-  setTimeout(cb: () => void, ms: number): unknown {
-    const id = this.nextId++;
-    this.armed.push(ms);
-    this.timers.set(id, { due: this.now + BigInt(ms) * MS, cb });
-    return id;
-  }
-  clearTimeout(handle: unknown): void {
-    this.timers.delete(handle as number);
-  }
-  /** Moves time forward by `ns`, firing due timers in order at their due time. */
-  advanceNs(ns: bigint): void {
-    const end = this.now + ns;
-    for (;;) {
-      let first: [number, { due: bigint; cb: () => void }] | undefined;
-      for (const e of this.timers) if (e[1].due <= end && (!first || e[1].due < first[1].due)) first = e;
-      if (!first) break;
-      this.timers.delete(first[0]);
-      if (first[1].due > this.now) this.now = first[1].due;
-      first[1].cb();
-    }
-    this.now = end;
-  }
-  advance(ms: number): void {
-    this.advanceNs(BigInt(ms) * MS);
-  }
-}
 
 describe('TokenBucket', () => {
   let t: FakeTime;
