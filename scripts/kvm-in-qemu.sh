@@ -67,20 +67,8 @@ fi
 /bin/busybox --list | grep -x cpio >/dev/null || die "/bin/busybox lacks cpio (need busybox-static)"
 
 # --- kernel --------------------------------------------------------------------
-KPKG=${KVMQ_KERNEL_PKG:-}
-if [ -z "$KPKG" ]; then
-  KPKG=$(ls -d "$CACHE"/linux-image-* 2>/dev/null | sed -n 's|.*/||p' | sort -V | tail -1 || true)
-  [ -n "$KPKG" ] || KPKG=$(apt-cache depends linux-image-amd64 2>/dev/null | awk '/Depends: linux-image-[0-9]/{print $2; exit}')
-  [ -n "$KPKG" ] || die "cannot determine kernel package (apt-cache depends linux-image-amd64)"
-fi
-KDIR=$CACHE/$KPKG
-if [ ! -f "$KDIR/.done" ]; then
-  echo "kvm-in-qemu: downloading $KPKG" >&2
-  rm -rf "$KDIR" "$CACHE/dl"; mkdir -p "$CACHE/dl"
-  (cd "$CACHE/dl" && apt-get download -q "$KPKG" >&2 2>/dev/null || apt-get download "$KPKG" >&2) || die "apt-get download $KPKG failed"
-  dpkg-deb -x "$CACHE"/dl/*.deb "$KDIR" || die "dpkg-deb -x failed"
-  rm -rf "$CACHE/dl"; touch "$KDIR/.done"
-fi
+KDIR=$(KVMQ_CACHE="$CACHE" bash "$(dirname "$0")/debian-kernel.sh") || die "no kernel"
+KPKG=${KDIR##*/}
 VMLINUZ=$(ls "$KDIR"/boot/vmlinuz-* | head -1)
 KMOD=$(ls -d "$KDIR"/lib/modules/*/kernel | head -1)
 

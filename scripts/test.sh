@@ -8,7 +8,8 @@
 #
 #   scripts/test.sh            default tier
 #   scripts/test.sh --linux    also the slow Linux tier afterwards (needs ../shared/guest/vmlinux
-#                              or KINDLING_TEST_KERNEL)
+#                              or KINDLING_TEST_KERNEL; boots Debian's generic bzImage too, which
+#                              scripts/debian-kernel.sh downloads unless KINDLING_TEST_BZIMAGE is set)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -40,6 +41,13 @@ if [ "$kvm_ok" != 1 ] && [ "${KINDLING_KVM_IN_QEMU:-1}" != 0 ] && [ "$(id -u)" -
 fi
 
 if [ "${1:-}" = "--linux" ]; then
+  if [ -z "${KINDLING_TEST_BZIMAGE:-}" ]; then
+    KINDLING_TEST_BZIMAGE=$(bash scripts/debian-kernel.sh --vmlinuz) || {
+      echo "[test] could not get a distribution kernel: the bzImage test will be skipped" >&2
+      KINDLING_TEST_BZIMAGE=
+    }
+  fi
+  export KINDLING_TEST_BZIMAGE
   if [ "$use_qemu" = 1 ]; then
     # Linux boots in well under a minute on QEMU's nested KVM: a VM still running after 5 is stuck.
     export KINDLING_LINUX_TIMEOUT_MS="${KINDLING_LINUX_TIMEOUT_MS:-300000}"

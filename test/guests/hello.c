@@ -32,6 +32,13 @@ void kt_main(void)
 	kt_printf("KT: header=%c%c%c%c\n", bp_u8(BP_HEADER), bp_u8(BP_HEADER + 1),
 		  bp_u8(BP_HEADER + 2), bp_u8(BP_HEADER + 3));
 	kt_printf("KT: loader=%x\n", bp_u8(BP_TYPE_OF_LOADER));
+	/* Header fields a bzImage brings and a loader must keep (or, for
+	 * loadflags, only add CAN_USE_HEAP to). */
+	kt_printf("KT: version=%x\n", bp_u16(BP_VERSION));
+	kt_printf("KT: loadflags=%x\n", bp_u8(BP_LOADFLAGS));
+	kt_printf("KT: setup_sects=%u\n", bp_u8(BP_SETUP_SECTS));
+	kt_printf("KT: init_size=%x\n", bp_u32(BP_INIT_SIZE));
+	kt_printf("KT: initrd_addr_max=%x\n", bp_u32(BP_INITRD_ADDR_MAX));
 
 	uint64_t ia = bp_initrd_addr(), is = bp_initrd_size();
 	kt_printf("KT: initrd=%lx %lu\n", ia, is);

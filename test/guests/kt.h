@@ -40,12 +40,17 @@ static inline void mmio_write32(uint64_t addr, uint32_t v)
 #define BP_EXT_RAMDISK_SIZE 0x0C4
 #define BP_EXT_CMD_LINE_PTR 0x0C8
 #define BP_E820_ENTRIES 0x1E8
+#define BP_SETUP_SECTS 0x1F1
 #define BP_BOOT_FLAG 0x1FE
 #define BP_HEADER 0x202
+#define BP_VERSION 0x206
 #define BP_TYPE_OF_LOADER 0x210
+#define BP_LOADFLAGS 0x211
 #define BP_RAMDISK_IMAGE 0x218
 #define BP_RAMDISK_SIZE 0x21C
 #define BP_CMD_LINE_PTR 0x228
+#define BP_INITRD_ADDR_MAX 0x22C
+#define BP_INIT_SIZE 0x260
 #define BP_E820_TABLE 0x2D0
 #define BP_E820_MAX 128
 #define E820_TYPE_RAM 1

@@ -1,5 +1,5 @@
 /**
- * Freestanding guests booted through the real path: ELF loading, zero page, E820, MP table,
+ * Freestanding guests booted through the real path: ELF and bzImage loading, zero page, E820, MP table,
  * UART out and in (receive interrupts), i8042 reset, triple fault, INIT/SIPI of a second vCPU.
  */
 import * as fs from 'fs';
@@ -36,6 +36,41 @@ describeKvm('freestanding guests on KVM', () => {
     expect(parseInt(run.kv.get('initrd_sum') ?? '', 16)).toBe(sum);
     expect(run.kv.get('cpus')).toBe('1');
     expect(run.lines).toContain('DONE');
+  });
+
+  it('enters a bzImage at its 64-bit entry with the image\'s own setup header in the zero page', async () => {
+    const file = guest('hello.bzImage');
+    const image = fs.readFileSync(file);
+    const initrd = path.join(tmp, 'initrd-bz.bin');
+    const data = Buffer.alloc(4096, 0x5a);
+    fs.writeFileSync(initrd, data);
+    const vm = new MicroVM().memory(64).kernel(file, { cmdline: 'console=ttyS0 kt.bz=1', initrd });
+    const run = await runVm(vm);
+    expect(run.info.reason).toBe('reset');
+    expect(run.lines).toContain('DONE');
+    expect(run.kv.get('cmdline')).toBe(vm.cmdline);
+    expect(run.kv.get('version')).toBe(image.readUInt16LE(0x206).toString(16));
+    expect(run.kv.get('setup_sects')).toBe(String(image[0x1f1]));
+    expect(run.kv.get('init_size')).toBe(image.readUInt32LE(0x260).toString(16));
+    expect(run.kv.get('init_size')).not.toBe('0');
+    // LOADED_HIGH from the image, CAN_USE_HEAP added by the loader, nothing else touched.
+    expect(run.kv.get('loadflags')).toBe('81');
+    expect(run.kv.get('loader')).toBe('ff');
+    // initrd_addr_max (32 MiB) is below the top of this 64 MiB guest: the initrd must respect it.
+    const initrdMax = image.readUInt32LE(0x22c);
+    expect(run.kv.get('initrd_addr_max')).toBe(initrdMax.toString(16));
+    const [addr, size] = (run.kv.get('initrd') ?? '').split(' ');
+    expect(Number(size)).toBe(data.length);
+    expect(parseInt(addr, 16) + data.length - 1).toBeLessThanOrEqual(initrdMax);
+    expect(parseInt(run.kv.get('initrd_sum') ?? '', 16)).toBe(0x5a * data.length);
+  });
+
+  it('refuses a command line longer than a bzImage\'s cmdline_size, before the guest runs', async () => {
+    const file = guest('hello.bzImage');
+    const limit = fs.readFileSync(file).readUInt32LE(0x238);
+    const vm = new MicroVM().memory(64).kernel(file, { cmdline: `console=ttyS0 kt.pad=${'x'.repeat(limit)}` });
+    await expect(vm.start()).rejects.toMatchObject({ name: 'BootError', code: 'CMDLINE_TOO_LONG' });
+    await vm.stop();
   });
 
   it('delivers serial input with receive interrupts and echoes it back', async () => {

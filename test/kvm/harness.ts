@@ -26,9 +26,9 @@ if (!kvm.ok) {
 /** `describe` where KVM works, `describe.skip` elsewhere. */
 export const describeKvm: jest.Describe = kvm.ok ? describe : describe.skip;
 
-/** Path of a built guest; fails the test with a hint when it was not built. */
+/** Path of a built guest (`hello`, or `hello.bzImage`); fails the test with a hint when it was not built. */
 export function guest(name: string): string {
-  const p = path.join(GUEST_DIR, `${name}.elf`);
+  const p = path.join(GUEST_DIR, path.extname(name) ? name : `${name}.elf`);
   if (!fs.existsSync(p)) throw new Error(`guest ${p} missing: run npm run build:guests`);
   return p;
 }
