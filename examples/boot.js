@@ -2,8 +2,10 @@
 // Boots a microVM and streams its serial console to this terminal.
 //
 //   node examples/boot.js                        the demo guest (test/guests/out/hello.elf)
-//   node examples/boot.js --linux [VMLINUX]      a Linux kernel (default ../shared/guest/vmlinux)
-//                                                with a busybox initramfs and 2 vCPUs
+//   node examples/boot.js --linux [KERNEL]       a Linux kernel, vmlinux or bzImage (default: the
+//                                                one scripts/build-kernel.sh builds into kernel/out,
+//                                                else ../shared/guest/vmlinux), with a busybox
+//                                                initramfs and 2 vCPUs
 //   options: --vcpus N  --memory MIB  --cmdline "..."  --kernel PATH
 'use strict';
 const path = require('path');
@@ -19,6 +21,17 @@ const value = (name, dflt) => {
   return i >= 0 && args[i + 1] && !args[i + 1].startsWith('--') ? args[i + 1] : dflt;
 };
 
+/** The kernel scripts/build-kernel.sh builds, else the one this project's workplace shares. */
+function defaultLinuxKernel() {
+  const candidates = [path.join(__dirname, '../kernel/out/vmlinux'), path.join(__dirname, '../../shared/guest/vmlinux')];
+  const found = candidates.find((p) => fs.existsSync(p));
+  if (!found) {
+    console.error('No Linux kernel found: build one with `bash scripts/build-kernel.sh` (about 10 minutes), or pass --linux PATH.');
+    process.exit(2);
+  }
+  return found;
+}
+
 async function main() {
   const kvm = isKvmAvailable();
   if (!kvm.ok) {
@@ -28,7 +41,7 @@ async function main() {
   const linux = flag('--linux');
   const vm = new MicroVM({ id: linux ? 'linux-demo' : 'demo' });
   if (linux) {
-    const kernel = value('--linux', value('--kernel', path.join(__dirname, '../../shared/guest/vmlinux')));
+    const kernel = value('--linux', value('--kernel', defaultLinuxKernel()));
     const initrd = path.join(os.tmpdir(), `kindling-demo-initramfs-${process.pid}.cpio.gz`);
     fs.writeFileSync(initrd, buildInitramfs());
     process.on('exit', () => fs.rmSync(initrd, { force: true }));

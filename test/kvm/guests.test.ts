@@ -38,6 +38,16 @@ describeKvm('freestanding guests on KVM', () => {
     expect(run.lines).toContain('DONE');
   });
 
+  it('describes guest memory above 4 GiB in E820, around the MMIO hole', async () => {
+    const size = 5 * 1024 * 1024 * 1024;
+    const vm = new MicroVM().memory(size / (1024 * 1024)).kernel(guest('hello'));
+    const run = await runVm(vm);
+    const expected = e820Map(size).map((e, i) => `e820 ${i} ${e.addr.toString(16)} ${e.size.toString(16)} ${e.type}`);
+    expect(expected.some((l) => / 100000000 /.test(l))).toBe(true);
+    expect(run.lines.filter((l) => l.startsWith('e820 '))).toEqual(expected);
+    expect(run.info.reason).toBe('reset');
+  });
+
   it('enters a bzImage at its 64-bit entry with the image\'s own setup header in the zero page', async () => {
     const file = guest('hello.bzImage');
     const image = fs.readFileSync(file);
@@ -88,6 +98,18 @@ describeKvm('freestanding guests on KVM', () => {
     const run = await runVm(vm);
     expect(run.lines).toContain('TRIPLE');
     expect(run.info.reason).toBe('shutdown');
+  });
+
+  it('ends with reason error, the RIP and the instruction bytes when KVM cannot emulate an instruction', async () => {
+    // emufail.elf loads an x87 value from unclaimed MMIO: KVM has to emulate the access and cannot.
+    for (const hostQuirks of ['none', 'emulated-kvm'] as const) {
+      const vm = new MicroVM({ hostQuirks }).memory(32).kernel(guest('emufail'));
+      const run = await runVm(vm);
+      expect(run.lines.filter((l) => l.startsWith('FAIL'))).toEqual([]);
+      expect(run.info).toMatchObject({ reason: 'error', vcpu: 0, message: 'KVM could not emulate an instruction' });
+      expect(run.info.rip).toBe(BigInt('0x' + run.kv.get('insn_rip')));
+      expect(run.info.instructionBytes).toMatch(/^d900/); // flds (%rax)
+    }
   });
 
   it('runs two vCPUs: the second one started by INIT/SIPI from the first', async () => {

@@ -1,5 +1,5 @@
 /**
- * Slow tier: boots a real Linux kernel (default ../shared/guest/vmlinux, or KINDLING_TEST_KERNEL)
+ * Slow tier: boots a real Linux kernel (KINDLING_TEST_KERNEL, kernel/out/vmlinux or ../shared/guest/vmlinux)
  * with two vCPUs and a busybox initramfs, then with an ext4 root drive; and a compressed bzImage
  * built by somebody else (KINDLING_TEST_BZIMAGE; `scripts/test.sh --linux` passes Debian's generic
  * kernel), through the 64-bit boot protocol's own entry.
@@ -19,7 +19,10 @@ import { detectHostQuirks } from '../../lib/cpu';
 // eslint-disable-next-line @typescript-eslint/no-var-requires
 const { buildInitramfs } = require('../../scripts/initramfs');
 
-const KERNEL = process.env.KINDLING_TEST_KERNEL ?? path.join(__dirname, '../../../shared/guest/vmlinux');
+/** KINDLING_TEST_KERNEL, else the kernel scripts/build-kernel.sh built, else the workplace's shared one. */
+const KERNEL = process.env.KINDLING_TEST_KERNEL
+  ?? [path.join(__dirname, '../../kernel/out/vmlinux'), path.join(__dirname, '../../../shared/guest/vmlinux')].find((p) => fs.existsSync(p))
+  ?? path.join(__dirname, '../../../shared/guest/vmlinux');
 const VM_TIMEOUT_MS = Number(process.env.KINDLING_LINUX_TIMEOUT_MS ?? 25 * 60_000);
 const CMDLINE = 'console=ttyS0 reboot=k panic=-1 i8042.noaux i8042.nomux i8042.dumbkbd';
 const emulated = detectHostQuirks().emulatedKvm;
