@@ -29,6 +29,12 @@
 #   KVMQ_APPEND      extra guest kernel command line arguments
 #   KVMQ_KVM_AMD_PARAMS  kvm_amd module parameters inside the guest (e.g. vgif=0)
 #   KVMQ_VERBOSE=1   print boot timing, keep kernel messages in the console log
+#   KVMQ_IDLE_TIMEOUT=N  kill the guest (exit 125) when for N seconds it printed nothing and
+#                    KVMQ_IDLE_FILE (if set, a file on the shared filesystem that the command
+#                    rewrites while it makes progress) did not change: QEMU's software SVM can
+#                    livelock, and a stuck run then costs minutes instead of KVMQ_TIMEOUT
+#   KVMQ_MONITOR=PATH  QEMU's human monitor on a unix socket at PATH (to inspect a stuck guest:
+#                    `socat - UNIX-CONNECT:PATH`, then `info registers`)
 # Requirements: Debian/Ubuntu-like host with apt (installs qemu-system-x86 and
 # busybox-static if missing), run as root (9p passthrough needs it).
 set -euo pipefail
@@ -149,13 +155,15 @@ FSMODEL=passthrough
 T0=$(date +%s.%N)
 # Guest ttyS1/ttyS2 -> fifos -> cat -> our stdout/stderr (shares our fds, so it
 # works for ttys, pipes and files alike).
+# tee keeps a copy whose modification time tells the idle watchdog when the guest last printed.
 mkfifo "$JOB/out.fifo" "$JOB/err.fifo"
-cat "$JOB/out.fifo" & CAT1=$!
-cat "$JOB/err.fifo" >&2 & CAT2=$!
+tee -a "$JOB/out.log" < "$JOB/out.fifo" & CAT1=$!
+tee -a "$JOB/err.log" < "$JOB/err.fifo" >&2 & CAT2=$!
 TO=(); [ "$TIMEOUT" -gt 0 ] && TO=(timeout "$TIMEOUT")
+MONITOR=none; [ -n "${KVMQ_MONITOR:-}" ] && MONITOR="unix:$KVMQ_MONITOR,server,nowait"
 set +e
 "${TO[@]}" qemu-system-x86_64 -accel tcg,thread=multi -cpu max -m "$MEM" -smp "$SMP" \
-  -display none -monitor none -no-reboot -nodefaults \
+  -display none -monitor "$MONITOR" -no-reboot -nodefaults \
   -kernel "$VMLINUZ" -initrd "$INITRD" \
   -append "console=ttyS0 $([ "${KVMQ_VERBOSE:-0}" = 1 ] || echo quiet) panic=-1 mitigations=off ${KVMQ_APPEND:-} kvmq.job=$JOB" \
   -serial "file:$JOB/console.log" \
@@ -164,6 +172,20 @@ set +e
   -fsdev local,id=hostroot,path=/,security_model=$FSMODEL,multidevs=remap \
   -device virtio-9p-pci,fsdev=hostroot,mount_tag=hostroot &
 QPID=$!
+IDLE=${KVMQ_IDLE_TIMEOUT:-0}
+if [ "$IDLE" -gt 0 ]; then
+  touch "$JOB/started"
+  while kill -0 "$QPID" 2>/dev/null; do
+    sleep 5
+    last=$(stat -c %Y "$JOB/started" "$JOB/out.log" "$JOB/err.log" ${KVMQ_IDLE_FILE:+"$KVMQ_IDLE_FILE"} 2>/dev/null | sort -n | tail -1)
+    if [ $(( $(date +%s) - last )) -gt "$IDLE" ]; then
+      echo "kvm-in-qemu: no sign of progress for ${IDLE}s: stopping the guest" >&2
+      pkill -P "$QPID" 2>/dev/null || true   # qemu under timeout(1)
+      kill "$QPID" 2>/dev/null || true
+      break
+    fi
+  done
+fi
 wait "$QPID"; QRC=$?; QPID=
 [ "$QRC" = 124 ] && [ "$TIMEOUT" -gt 0 ] && echo "kvm-in-qemu: timeout after ${TIMEOUT}s" >&2
 # If qemu died before opening the fifos, unblock the readers (no-op otherwise).

@@ -14,9 +14,20 @@ export const GUEST_DIR = path.join(__dirname, '..', 'guests', 'out');
 const kvm = isKvmAvailable();
 
 // KINDLING_TEST_HEARTBEAT=1: a line on stderr every 10 s while tests run, to tell a stuck event
-// loop (no heartbeat) from a slow guest (heartbeat goes on).
-if (process.env.KINDLING_TEST_HEARTBEAT === '1') {
-  setInterval(() => process.stderr.write(`[heartbeat ${new Date().toISOString()}]\n`), 10_000).unref();
+// loop (no heartbeat) from a slow guest (heartbeat goes on). KINDLING_TEST_HEARTBEAT=<path>: the
+// time written into that file instead, for a watchdog outside (scripts/kvm-in-qemu.sh,
+// KVMQ_IDLE_FILE) that ends a machine which stopped running altogether.
+const heartbeat = process.env.KINDLING_TEST_HEARTBEAT;
+if (heartbeat) {
+  const beat = heartbeat === '1'
+    ? () => process.stderr.write(`[heartbeat ${new Date().toISOString()}]\n`)
+    : () => {
+      try {
+        fs.writeFileSync(heartbeat, `${new Date().toISOString()}\n`);
+      } catch { /* the watchdog then sees no beat, which is what it is for */ }
+    };
+  beat();
+  setInterval(beat, 10_000).unref();
 }
 if (!kvm.ok) {
   // eslint-disable-next-line no-console
