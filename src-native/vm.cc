@@ -7,7 +7,10 @@
 #include <unistd.h>
 
 #include <cstring>
+#include <memory>
 #include <system_error>
+
+#include <v8.h>
 
 #include "addon_data.h"
 #include "convert.h"
@@ -35,8 +38,28 @@ void CallJs(napi_env env, napi_value /*js_callback*/, void* context, void* /*dat
 
 void FinalizeTsfn(napi_env /*env*/, void* data, void* /*hint*/) { delete static_cast<CoreHolder*>(data); }
 
-void FinalizeBuffer(napi_env /*env*/, void* /*data*/, void* hint) {
+// V8 drops the backing store (on any thread, after the buffer is detached or collected): the
+// mapping goes with the last shared_ptr, so an ArrayBuffer still referenced from JavaScript keeps
+// it alive and a closed VM has already unmapped it.
+void ReleaseMapping(void* /*data*/, size_t /*length*/, void* hint) {
   delete static_cast<std::shared_ptr<Mapping>*>(hint);
+}
+
+// An ArrayBuffer over the whole mapping, without copying. Not napi_create_external_arraybuffer: on
+// Node.js 20 it goes through node::Buffer, which refuses more than 4 GiB (buffer.constants.
+// MAX_LENGTH) and, in refusing, runs the finalizer itself. A V8 ArrayBuffer has no such limit,
+// and the views GuestMemory takes of it stay within their own limits. A napi_value is a
+// v8::Local's slot pointer (Node.js's v8impl::JsValueFromV8LocalValue); the caller's N-API
+// callback scope owns the handle.
+napi_value ExternalArrayBuffer(const std::shared_ptr<Mapping>& mapping) {
+  static_assert(sizeof(napi_value) == sizeof(v8::Local<v8::Value>), "napi_value is a v8::Local");
+  v8::Isolate* isolate = v8::Isolate::GetCurrent();
+  auto* hint = new std::shared_ptr<Mapping>(mapping);
+  std::unique_ptr<v8::BackingStore> store =
+      v8::ArrayBuffer::NewBackingStore(mapping->addr, mapping->size, ReleaseMapping, hint);
+  v8::Local<v8::ArrayBuffer> ab = v8::ArrayBuffer::New(isolate, std::move(store));
+  v8::Local<v8::Value> value = ab;
+  return reinterpret_cast<napi_value>(*value);
 }
 
 uint32_t SizeMask(uint32_t size) { return size >= 4 ? 0xffffffffu : ((1u << (size * 8)) - 1); }
@@ -320,13 +343,7 @@ Napi::Value Vm::AllocateMemory(const Napi::CallbackInfo& info) {
   mapping->addr = static_cast<uint8_t*>(addr);
   mapping->size = size;
 
-  auto* hint = new std::shared_ptr<Mapping>(mapping);
-  napi_value buffer = nullptr;
-  napi_status st = napi_create_external_arraybuffer(env, addr, size, FinalizeBuffer, hint, &buffer);
-  if (st != napi_ok) {
-    delete hint;  // the mapping goes with the last shared_ptr
-    throw Napi::Error::New(env, "napi_create_external_arraybuffer failed");
-  }
+  napi_value buffer = ExternalArrayBuffer(mapping);
   MemoryEntry entry;
   entry.mapping = mapping;
   napi_create_reference(env, buffer, 0, &entry.buffer);

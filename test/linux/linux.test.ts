@@ -66,6 +66,22 @@ describeLinux(`Linux guest (${KERNEL})`, () => {
     if (!emulated) expect(run.output).toMatch(/kindling-init: hello from user space, 2 CPUs/);
   });
 
+  it('uses guest memory above 4 GiB (a second memory slot past the MMIO hole)', async () => {
+    const initrd = path.join(tmp, 'initramfs-high.cpio.gz');
+    fs.writeFileSync(initrd, buildInitramfs());
+    const vm = new MicroVM({ id: 'linux-high' }).memory(4608).kernel(KERNEL, { cmdline: CMDLINE, initrd });
+    const run = await runVm(vm, { timeoutMs: VM_TIMEOUT_MS });
+    console.log(`Linux 4.5 GiB boot ended (${run.info.reason}) after ${((Date.now() - t0) / 1000).toFixed(1)} s`);
+    // 4608 MiB = 3.25 GiB below the hole at 0xD0000000 + 1.25 GiB from 4 GiB.
+    expect(run.output).toMatch(/BIOS-e820: \[mem 0x0000000100000000-0x000000014fffffff\] usable/);
+    const m = /Memory: \d+K\/(\d+)K available/.exec(run.output);
+    expect(m).not.toBeNull();
+    expect(Number(m![1]) * 1024).toBeGreaterThan(4.4 * 1024 ** 3);
+    expect(run.output).toMatch(/Run \/init as init process/);
+    expect(run.info.reason).toBe('reset');
+    if (!emulated) expect(run.output).toMatch(/kindling-init: hello from user space, 1 CPUs/);
+  });
+
   it('reboots when the host presses Ctrl+Alt+Del', async () => {
     // panic=0: a crashing init (as on emulated KVM) would hang instead of rebooting, so only the
     // key press can end this VM with a reset.

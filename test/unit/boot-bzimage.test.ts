@@ -1,7 +1,9 @@
+import fc from 'fast-check';
 import { GuestMemory } from '../../lib/memory/guest-memory';
 import {
   BootError,
   loadKernel,
+  setupBoot,
   parseBzImage,
   BZIMAGE_LOAD_ADDR,
   CMDLINE_MAX_SIZE,
@@ -121,5 +123,35 @@ describe('bzImage loader', () => {
   it('lowers the command line limit to cmdline_size + 1', () => {
     const k = loadKernel(GuestMemory.anonymous(64 * MiB), makeBzImage({ cmdlineSize: 255 }));
     expect(k.cmdlineMaxSize).toBe(256);
+  });
+
+  it('fails only with BootError on corrupted headers, and otherwise honours the header it booted with', () => {
+    const base = makeBzImage({ relocatable: 0, prefAddress: 0x100000n, initSize: 0x200000, initrdAddrMax: 0x17fffff });
+    const initrd = new Uint8Array(0x3000).fill(0xa5);
+    fc.assert(
+      fc.property(
+        fc.array(fc.tuple(fc.integer({ min: 0x1f1, max: 0x26f }), fc.integer({ min: 0, max: 255 })), { minLength: 1, maxLength: 6 }),
+        (edits) => {
+          const img = base.slice();
+          for (const [at, b] of edits) img[at] = b;
+          const mem = GuestMemory.anonymous(32 * MiB);
+          let boot;
+          try {
+            boot = setupBoot(mem, { kernel: img, cmdline: 'console=ttyS0', initrd, vcpuCount: 1 });
+          } catch (e) {
+            expect(e).toBeInstanceOf(BootError);
+            return;
+          }
+          const hdr = new DataView(img.buffer, img.byteOffset);
+          expect(boot.kernel.entry).toBe(BZIMAGE_LOAD_ADDR + 0x200);
+          // The initrd sits above everything the kernel claims and below its initrd_addr_max.
+          const max = hdr.getUint32(0x22c, true) || 0x37ffffff;
+          expect(boot.initrd!.addr).toBeGreaterThanOrEqual(boot.kernel.kernelEnd);
+          expect(boot.initrd!.addr + initrd.length - 1).toBeLessThanOrEqual(max);
+          expect(boot.cmdline.length + 1).toBeLessThanOrEqual(hdr.getUint32(0x238, true) + 1);
+        },
+      ),
+      { numRuns: 500 },
+    );
   });
 });
