@@ -180,6 +180,7 @@ if [ "$IDLE" -gt 0 ]; then
     last=$(stat -c %Y "$JOB/started" "$JOB/out.log" "$JOB/err.log" ${KVMQ_IDLE_FILE:+"$KVMQ_IDLE_FILE"} 2>/dev/null | sort -n | tail -1)
     if [ $(( $(date +%s) - last )) -gt "$IDLE" ]; then
       echo "kvm-in-qemu: no sign of progress for ${IDLE}s: stopping the guest" >&2
+      [ -n "${KVMQ_IDLE_FILE:-}" ] && echo "kvm-in-qemu: last heartbeat: $(head -c 300 "$KVMQ_IDLE_FILE" 2>/dev/null)" >&2
       pkill -P "$QPID" 2>/dev/null || true   # qemu under timeout(1)
       kill "$QPID" 2>/dev/null || true
       break

@@ -23,7 +23,7 @@ if (heartbeat) {
     ? () => process.stderr.write(`[heartbeat ${new Date().toISOString()}]\n`)
     : () => {
       try {
-        fs.writeFileSync(heartbeat, `${new Date().toISOString()}\n`);
+        fs.writeFileSync(heartbeat, `${new Date().toISOString()} ${expect.getState().currentTestName ?? ''}\n`);
       } catch { /* the watchdog then sees no beat, which is what it is for */ }
     };
   beat();

@@ -15,21 +15,23 @@ const { buildInitramfs } = require('../../scripts/initramfs');
 const BZIMAGE = process.env.KINDLING_TEST_BZIMAGE;
 const describeBzImage = BZIMAGE && fs.existsSync(BZIMAGE) ? describeKvm : describe.skip;
 describeBzImage(`Linux bzImage (${BZIMAGE})`, () => {
-  it('decompresses itself, boots with 2 vCPUs to /init and ends by guest reboot', async () => {
+  // One vCPU: SMP bring-up is linux.test.ts's business. Under QEMU's nested KVM this distribution
+  // kernel with 2 vCPUs often livelocked the whole QEMU machine (README, kvm-in-qemu.sh).
+  it('decompresses itself, boots to /init and ends by guest reboot', async () => {
     const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'kindling-bz-'));
     try {
       const initrd = path.join(tmp, 'initramfs.cpio.gz');
       fs.writeFileSync(initrd, buildInitramfs());
       const t0 = Date.now();
-      const vm = new MicroVM({ id: 'linux-bzimage' }).vcpus(2).memory(256)
+      const vm = new MicroVM({ id: 'linux-bzimage' }).vcpus(1).memory(256)
         .kernel(BZIMAGE as string, { cmdline: CMDLINE, initrd });
       const run = await runVm(vm, { timeoutMs: VM_TIMEOUT_MS });
       console.log(`bzImage boot ended (${run.info.reason}) after ${((Date.now() - t0) / 1000).toFixed(1)} s`);
       expect(run.output).toMatch(/Linux version /);
-      expect(run.output).toMatch(/smp: Brought up 1 node, 2 CPUs/);
+      expect(run.output).toMatch(/smp: Brought up 1 node, 1 CPU/);
       expect(run.output).toMatch(/Run \/init as init process/);
       expect(run.info.reason).toBe('reset');
-      if (!emulated) expect(run.output).toMatch(/kindling-init: hello from user space, 2 CPUs/);
+      if (!emulated) expect(run.output).toMatch(/kindling-init: hello from user space, 1 CPUs/);
     } finally {
       fs.rmSync(tmp, { recursive: true, force: true });
     }
