@@ -27,7 +27,10 @@ if (heartbeat) {
       } catch { /* the watchdog then sees no beat, which is what it is for */ }
     };
   beat();
-  setInterval(beat, 10_000).unref();
+  const timer = setInterval(beat, 10_000).unref();
+  // Each test file loads its own copy of this module into the same process: stop this one's beat
+  // when its file is done, or it would go on naming that file's last test.
+  afterAll(() => clearInterval(timer));
 }
 if (!kvm.ok) {
   // eslint-disable-next-line no-console

@@ -1,5 +1,11 @@
 /** What the Linux-tier tests share. */
+import * as fs from 'fs';
+import * as path from 'path';
 import { detectHostQuirks } from '../../lib/cpu';
+import type { MicroVM } from '../../lib/vm/microvm';
+import { runVm, type GuestRun } from '../kvm/harness';
+// eslint-disable-next-line @typescript-eslint/no-var-requires
+const { buildInitramfs } = require('../../scripts/initramfs');
 
 /** How long one Linux VM may run before the test stops it (KINDLING_LINUX_TIMEOUT_MS). */
 export const VM_TIMEOUT_MS = Number(process.env.KINDLING_LINUX_TIMEOUT_MS ?? 25 * 60_000);
@@ -7,3 +13,27 @@ export const VM_TIMEOUT_MS = Number(process.env.KINDLING_LINUX_TIMEOUT_MS ?? 25 
 export const CMDLINE = 'console=ttyS0 reboot=k panic=-1 i8042.noaux i8042.nomux i8042.dumbkbd';
 /** On a host whose KVM emulates guests, user space cannot run (README): init's output is not required there. */
 export const emulated = detectHostQuirks().emulatedKvm;
+
+/** Writes the project's busybox initramfs (its init prints "kindling-init: hello from user space, N CPUs", then reboots) into `dir`. */
+export function writeInitramfs(dir: string, name = 'initramfs.cpio.gz'): string {
+  const file = path.join(dir, name);
+  fs.writeFileSync(file, buildInitramfs());
+  return file;
+}
+
+/**
+ * Runs `vm` (booting with {@link writeInitramfs}'s initramfs) and checks what a boot to init shows:
+ * `cpus` CPUs brought up, /init started, the VM ended by the guest's reboot, and init's own line
+ * where user space can run. Returns the run for further checks.
+ */
+export async function expectBootToInit(vm: MicroVM, what: string, cpus: number): Promise<GuestRun> {
+  const started = Date.now();
+  const run = await runVm(vm, { timeoutMs: VM_TIMEOUT_MS });
+  // eslint-disable-next-line no-console
+  console.log(`${what} ended (${run.info.reason}) after ${((Date.now() - started) / 1000).toFixed(1)} s`);
+  expect(run.output).toMatch(new RegExp(`smp: Brought up 1 node, ${cpus} CPUs?\\b`));
+  expect(run.output).toMatch(/Run \/init as init process/);
+  expect(run.info.reason).toBe('reset');
+  if (!emulated) expect(run.output).toContain(`kindling-init: hello from user space, ${cpus} CPUs`);
+  return run;
+}
