@@ -13,18 +13,9 @@ work=${KINDLING_KERNEL_WORK:-$HOME/.cache/kindling-kernel}
 config="$repo/kernel/microvm-6.1.config"
 log() { printf '[build-kernel] %s\n' "$*" >&2; }
 
+bash scripts/ensure-packages.sh build-kernel build-essential bc bison flex libelf-dev libssl-dev xz-utils dpkg-dev
 sudo=""
 [ "$(id -u)" -eq 0 ] || sudo="sudo"
-pkgs=(build-essential bc bison flex libelf-dev libssl-dev xz-utils dpkg-dev)
-missing=()
-for p in "${pkgs[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-  log "installing Debian packages: ${missing[*]}"
-  $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-fi
 
 mkdir -p "$work" "$out"
 cd "$work"

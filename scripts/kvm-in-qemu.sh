@@ -162,7 +162,7 @@ tee -a "$JOB/err.log" < "$JOB/err.fifo" >&2 & CAT2=$!
 TO=(); [ "$TIMEOUT" -gt 0 ] && TO=(timeout "$TIMEOUT")
 # lapic=notscdeadline: with the TSC-deadline timer, this machine often stopped taking its own
 # timer interrupts while a nested guest ran (the CPU stayed in the nested guest, the whole machine
-# hung: most Linux-tier runs of one session); with the APIC's one-shot timer, none in 4 runs (28 boots).
+# hung: most Linux-tier runs of one session); with the APIC's one-shot timer, none in 8 runs (56 boots).
 # Presumably QEMU's software SVM compares the deadline with the nested guest's offset TSC.
 MONITOR=none; [ -n "${KVMQ_MONITOR:-}" ] && MONITOR="unix:$KVMQ_MONITOR,server,nowait"
 set +e

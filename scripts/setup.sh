@@ -18,18 +18,7 @@ if [ "$node_major" -lt 20 ]; then
   exit 1
 fi
 
-pkgs=(build-essential cmake python3 busybox-static e2fsprogs)
-missing=()
-for p in "${pkgs[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-  sudo=""
-  [ "$(id -u)" -eq 0 ] || sudo="sudo"
-  log "installing Debian packages: ${missing[*]}"
-  $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-fi
+bash scripts/ensure-packages.sh setup build-essential cmake python3 busybox-static e2fsprogs
 
 # npm ci also runs the package's install script (the native build) and prepare (the TypeScript build).
 if [ ! -d node_modules ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then

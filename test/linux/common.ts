@@ -14,10 +14,13 @@ export const CMDLINE = 'console=ttyS0 reboot=k panic=-1 i8042.noaux i8042.nomux 
 /** On a host whose KVM emulates guests, user space cannot run (README): init's output is not required there. */
 export const emulated = detectHostQuirks().emulatedKvm;
 
-/** Writes the project's busybox initramfs (its init prints "kindling-init: hello from user space, N CPUs", then reboots) into `dir`. */
-export function writeInitramfs(dir: string, name = 'initramfs.cpio.gz'): string {
-  const file = path.join(dir, name);
-  fs.writeFileSync(file, buildInitramfs());
+/**
+ * Writes the project's busybox initramfs into `dir`: by default its init prints
+ * "kindling-init: hello from user space, N CPUs" and reboots; `init` replaces that script.
+ */
+export function writeInitramfs(dir: string, opts: { name?: string; init?: string } = {}): string {
+  const file = path.join(dir, opts.name ?? 'initramfs.cpio.gz');
+  fs.writeFileSync(file, buildInitramfs(opts.init === undefined ? undefined : { init: opts.init }));
   return file;
 }
 

@@ -15,8 +15,6 @@ import * as path from 'path';
 import { MicroVM } from '../../lib/vm/microvm';
 import { describeKvm, runVm } from '../kvm/harness';
 import { CMDLINE, VM_TIMEOUT_MS, emulated, expectBootToInit, writeInitramfs } from './common';
-// eslint-disable-next-line @typescript-eslint/no-var-requires
-const { buildInitramfs } = require('../../scripts/initramfs');
 
 /** KINDLING_TEST_KERNEL, else the kernel scripts/build-kernel.sh built, else the workplace's shared one. */
 const KERNEL = process.env.KINDLING_TEST_KERNEL
@@ -67,8 +65,7 @@ describeLinux(`Linux guest (${KERNEL})`, () => {
   it('reboots when the host presses Ctrl+Alt+Del', async () => {
     // panic=0: a crashing init (as on emulated KVM) would hang instead of rebooting, so only the
     // key press can end this VM with a reset.
-    const initrd = path.join(tmp, 'initramfs-sleep.cpio.gz');
-    fs.writeFileSync(initrd, buildInitramfs({ init: '#!/bin/busybox sh\necho kindling-cad-ready\nexec /bin/busybox sleep 100000\n' }));
+    const initrd = writeInitramfs(tmp, { name: 'initramfs-sleep.cpio.gz', init: '#!/bin/busybox sh\necho kindling-cad-ready\nexec /bin/busybox sleep 100000\n' });
     const vm = new MicroVM({ id: 'linux-cad' }).memory(128)
       .kernel(KERNEL, { cmdline: CMDLINE.replace('panic=-1', 'panic=0'), initrd });
     let out = '';
