@@ -12,7 +12,7 @@ import { GuestMemory } from '../lib/memory/guest-memory';
 import type { IrqLine } from '../lib/bus';
 import { MmioTransport } from '../lib/virtio/mmio';
 import { BlockDevice, FileBackend, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT } from '../lib/devices/block';
-import { BumpAllocator, MockMmioDriver } from '../test/unit/helpers/mock-driver';
+import { BumpAllocator, MockMmioDriver } from '../lib/testing/mock-driver';
 
 const FILE_SIZE = 256 * 1024 * 1024;
 const SECONDS = Number(process.env.BLOCK_BENCH_SECONDS ?? 2);

@@ -8,7 +8,7 @@
 import { GuestMemory } from '../lib/memory/guest-memory';
 import { Queue } from '../lib/virtio/queue';
 import { ChainReader, ChainWriter } from '../lib/virtio/chain';
-import { BumpAllocator, MockVirtqueue, allocQueueLayout, type MockBuffer } from '../test/unit/helpers/mock-driver';
+import { BumpAllocator, MockVirtqueue, allocQueueLayout, type MockBuffer, configureQueue } from '../lib/testing/mock-driver';
 
 interface Scenario {
   name: string;
@@ -22,12 +22,7 @@ function run(s: Scenario, total: number): void {
   const alloc = new BumpAllocator(mem);
   const layout = allocQueueLayout(alloc, 256);
   const q = new Queue(256);
-  q.descTable = layout.descTable;
-  q.availRing = layout.availRing;
-  q.usedRing = layout.usedRing;
-  q.ready = true;
-  q.indirectDesc = true;
-  q.eventIdx = s.eventIdx;
+  configureQueue(q, { descTable: layout.descTable, availRing: layout.availRing, usedRing: layout.usedRing, ready: true, indirectDesc: true, eventIdx: s.eventIdx });
   const drv = new MockVirtqueue(mem, layout);
   // A block-like request: 16-byte header, 4 KiB data, 1-byte status.
   const bufs: MockBuffer[] = [

@@ -2,6 +2,7 @@
  * The error type of the boot module.
  * @module
  */
+import { KindlingError } from '../errors';
 
 /** Why preparing the guest for boot failed. */
 export type BootErrorCode =
@@ -17,7 +18,7 @@ export type BootErrorCode =
   | 'BAD_LAPIC';
 
 /** A kernel, command line, initrd or machine shape the boot path refuses. */
-export class BootError extends Error {
+export class BootError extends KindlingError {
   /** Discriminant for programmatic handling. */
   readonly code: BootErrorCode;
 

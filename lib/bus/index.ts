@@ -4,6 +4,7 @@
  * Devices see offsets relative to their own window; they never learn where they are mapped.
  * @module
  */
+import { KindlingError } from '../errors';
 
 /** A device that answers guest reads and writes inside its window. */
 export interface BusDevice {
@@ -25,7 +26,7 @@ export interface IrqLine {
 export type BusErrorCode = 'OVERLAP' | 'BAD_RANGE';
 
 /** A refused bus mapping. */
-export class BusError extends Error {
+export class BusError extends KindlingError {
   /** Discriminant for programmatic handling. */
   readonly code: BusErrorCode;
   constructor(code: BusErrorCode, message: string) {

@@ -2,12 +2,13 @@
  * The error type of the cpu module.
  * @module
  */
+import { KindlingError } from '../errors';
 
 /** Why a CPU configuration was refused. */
 export type CpuErrorCode = 'BAD_TOPOLOGY';
 
 /** A refused CPU configuration. */
-export class CpuError extends Error {
+export class CpuError extends KindlingError {
   /** Discriminant for programmatic handling. */
   readonly code: CpuErrorCode;
 

@@ -7,12 +7,13 @@
  * {@link MemoryError} instead of touching anything.
  * @module
  */
+import { KindlingError } from '../errors';
 
 /** Why a guest memory access was refused. */
 export type MemoryErrorCode = 'OUT_OF_RANGE' | 'OVERLAP' | 'BAD_REGION';
 
 /** A refused guest memory access or layout. */
-export class MemoryError extends Error {
+export class MemoryError extends KindlingError {
   /** Discriminant for programmatic handling. */
   readonly code: MemoryErrorCode;
   /** The guest physical address involved, when there is one. */

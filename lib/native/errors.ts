@@ -3,6 +3,7 @@
  * addon itself failing to load.
  * @module
  */
+import { KindlingError } from '../errors';
 
 /**
  * errno's symbolic name of the failed call ('ENOENT', 'EACCES', 'ENODEV', 'EINVAL', 'ENOTTY',
@@ -35,7 +36,7 @@ export type NativeErrorCode =
  * A failed ioctl or system call (`code` is errno's name, `ioctl` names the call, `errno` is the
  * number), or `code === 'ADDON_MISSING'` when the native addon is not built or cannot be loaded.
  */
-export class NativeError extends Error {
+export class NativeError extends KindlingError {
   /** Discriminant for programmatic handling: errno's name, or 'ADDON_MISSING'. */
   readonly code: NativeErrorCode;
   /** The ioctl or system call that failed, e.g. 'KVM_CREATE_VM', 'open', 'mmap'; 'dlopen' for ADDON_MISSING. */

@@ -2,6 +2,7 @@
  * The error class of the virtio module.
  * @module
  */
+import { KindlingError } from '../errors';
 
 /**
  * Why a virtqueue operation was refused.
@@ -29,10 +30,19 @@ export type VirtioErrorCode =
   | 'BAD_USED_INDEX'
   | 'CHAIN_TOO_SHORT'
   | 'WRITE_ONLY_EXPECTED'
-  | 'READ_ONLY_EXPECTED';
+  | 'READ_ONLY_EXPECTED'
+  | 'BAD_QUEUE_STATE';
+
+/** Every {@link VirtioErrorCode}, for checking codes read back from saved state. */
+export const VIRTIO_ERROR_CODES: ReadonlySet<VirtioErrorCode> = new Set<VirtioErrorCode>([
+  'DESC_OUT_OF_RANGE', 'DESC_LOOP', 'CHAIN_TOO_LONG', 'BAD_INDIRECT', 'NESTED_INDIRECT', 'BAD_DESC_ORDER',
+  'LENGTH_OVERFLOW', 'AVAIL_IDX_TOO_FAR', 'HEAD_OUT_OF_RANGE', 'RING_OUT_OF_RANGE', 'QUEUE_NOT_READY',
+  'QUEUE_BROKEN', 'BAD_QUEUE_CONFIG', 'BAD_USED_INDEX', 'CHAIN_TOO_SHORT', 'WRITE_ONLY_EXPECTED',
+  'READ_ONLY_EXPECTED', 'BAD_QUEUE_STATE',
+]);
 
 /** A refused virtqueue operation or a malformed guest structure. */
-export class VirtioError extends Error {
+export class VirtioError extends KindlingError {
   /** Discriminant for programmatic handling. */
   readonly code: VirtioErrorCode;
 

@@ -62,7 +62,67 @@ import {
   hasFeature,
 } from './constants';
 import type { VirtioDevice, VirtioDeviceContext, VirtioInterrupt } from './device';
-import { Queue } from './queue';
+import { Queue, type QueueState } from './queue';
+import { VirtioError } from './errors';
+import type { StateObject } from '../devices/contract';
+
+/** Counters of one virtio-mmio transport (in `vm.metrics()` under each virtio device's `transport`). */
+export interface TransportMetrics {
+  /** Queue notifications received (ioeventfd or QueueNotify writes). */
+  readonly notifications: number;
+  /** Notifications for a queue that could not be processed (not ready, broken, before DRIVER_OK). */
+  readonly ignoredNotifications: number;
+  /** Queue runs continued on a later event-loop turn because the pop budget ran out. */
+  readonly deferredRuns: number;
+  /** Interrupts raised (used-buffer and configuration change). */
+  readonly interrupts: number;
+  /** Configuration change interrupts raised (config updates and DEVICE_NEEDS_RESET). */
+  readonly configChangeInterrupts: number;
+  /** Device config space reads. */
+  readonly configReads: number;
+  /** Device config space writes. */
+  readonly configWrites: number;
+  /** Register accesses of a wrong size, alignment, offset or at a wrong time. */
+  readonly invalidAccesses: number;
+  /** Times the device entered DEVICE_NEEDS_RESET. */
+  readonly needsResetEvents: number;
+  /** Driver resets (status 0). */
+  readonly resets: number;
+  /** DRIVER_OK activations. */
+  readonly activations: number;
+  /** FEATURES_OK refused because the driver accepted features that were not offered. */
+  readonly featureNegotiationFailures: number;
+  /** Exceptions from the device model (caught). */
+  readonly deviceErrors: number;
+  /** Failures raising the interrupt line. */
+  readonly irqErrors: number;
+  /** The device status register. */
+  readonly status: number;
+  /** ConfigGeneration. */
+  readonly configGeneration: number;
+}
+
+/** Saved state of a {@link MmioTransport} (see {@link MmioTransport.saveState}). */
+export interface MmioTransportState extends StateObject {
+  deviceStatus: number;
+  interruptStatus: number;
+  configGeneration: number;
+  deviceFeaturesSel: number;
+  driverFeaturesSel: number;
+  /** u64 as a decimal string. */
+  driverFeatures: string;
+  queueSel: number;
+  shmSel: number;
+  activated: boolean;
+  halted: boolean;
+  configChangePending: boolean;
+  /** Per queue: descLo, descHi, driverLo, driverHi, deviceLo, deviceHi as the driver wrote them. */
+  queueAddressRegs: number[][];
+  /** Per queue: {@link QueueState}. */
+  queues: StateObject[];
+  /** The device's own {@link Device.saveState}. */
+  device: StateObject;
+}
 
 /** Side effects the transport is wired to. */
 export interface MmioTransportEffects {
@@ -144,6 +204,11 @@ export class MmioTransport implements BusDevice {
   private queueSel = 0;
   private shmSel = 0;
   private activated = false;
+  /**
+   * The configuration changed while a driver was initializing (status ≠ 0, DRIVER_OK not yet
+   * set): it may already have read the old values, so the change is announced at DRIVER_OK.
+   */
+  private configChangePending = false;
   /** Device-level failure: no queue is processed until reset. */
   private halted = false;
   /** Bumped on every reset so callbacks from a previous activation are recognised and dropped. */
@@ -160,6 +225,7 @@ export class MmioTransport implements BusDevice {
     needsResetEvents: 0,
     resets: 0,
     activations: 0,
+    configChangeInterrupts: 0,
     featureNegotiationFailures: 0,
     deviceErrors: 0,
     irqErrors: 0,
@@ -192,7 +258,7 @@ export class MmioTransport implements BusDevice {
   }
 
   /** Counters: notifications, interrupts, config accesses, invalid accesses, needs-reset events... */
-  metrics(): Record<string, number> {
+  metrics(): TransportMetrics {
     return { ...this.counters, status: this.deviceStatus, configGeneration: this.configGeneration };
   }
 
@@ -348,10 +414,21 @@ export class MmioTransport implements BusDevice {
     return true;
   }
 
-  /** The device configuration changed: bump ConfigGeneration and raise a config interrupt. */
+  /**
+   * The device configuration changed: bump ConfigGeneration and raise a configuration change
+   * interrupt (§2.5, §4.2.2). A driver that is still initializing may already have read the old
+   * values (Linux's virtio-blk reads the capacity, then sets DRIVER_OK), and a notification before
+   * DRIVER_OK would be premature, so such a change is announced when the driver sets DRIVER_OK.
+   */
   configChanged(): void {
     this.configGeneration = (this.configGeneration + 1) >>> 0;
-    if (this.deviceStatus & VIRTIO_STATUS_DRIVER_OK) this.raise(VIRTIO_MMIO_INT_CONFIG);
+    if (this.deviceStatus & VIRTIO_STATUS_DRIVER_OK) this.raiseConfigChange();
+    else if (this.deviceStatus !== 0) this.configChangePending = true;
+  }
+
+  private raiseConfigChange(): void {
+    this.counters.configChangeInterrupts++;
+    this.raise(VIRTIO_MMIO_INT_CONFIG);
   }
 
   /**
@@ -362,7 +439,7 @@ export class MmioTransport implements BusDevice {
     if (this.deviceStatus & VIRTIO_STATUS_DEVICE_NEEDS_RESET) return;
     this.deviceStatus |= VIRTIO_STATUS_DEVICE_NEEDS_RESET;
     this.counters.needsResetEvents++;
-    if (this.deviceStatus & VIRTIO_STATUS_DRIVER_OK) this.raise(VIRTIO_MMIO_INT_CONFIG);
+    if (this.deviceStatus & VIRTIO_STATUS_DRIVER_OK) this.raiseConfigChange();
   }
 
   // ---------------------------------------------------------------------------------------------
@@ -424,10 +501,10 @@ export class MmioTransport implements BusDevice {
     const r = this.addrRegs[this.queueSel];
     switch (offset) {
       case VIRTIO_MMIO_QUEUE_NUM:
-        q.size = value; // validated at DRIVER_OK
+        q.setSize(value); // validated at DRIVER_OK
         return;
       case VIRTIO_MMIO_QUEUE_READY:
-        q.ready = value === 1;
+        q.setReady(value === 1);
         return;
       case VIRTIO_MMIO_QUEUE_DESC_LOW:
         r.descLo = value;
@@ -448,9 +525,7 @@ export class MmioTransport implements BusDevice {
         r.deviceHi = value;
         break;
     }
-    q.descTable = composeAddress(r.descLo, r.descHi);
-    q.availRing = composeAddress(r.driverLo, r.driverHi);
-    q.usedRing = composeAddress(r.deviceLo, r.deviceHi);
+    q.setAddresses(composeAddress(r.descLo, r.descHi), composeAddress(r.driverLo, r.driverHi), composeAddress(r.deviceLo, r.deviceHi));
   }
 
   private ackInterrupt(value: number): void {
@@ -512,17 +587,33 @@ export class MmioTransport implements BusDevice {
   /** DRIVER_OK: validate the ready queues, then hand them to the device. */
   private activate(): void {
     this.deviceStatus |= VIRTIO_STATUS_DRIVER_OK;
+    if (!this.validateQueues()) return;
     const acked = this.ackedFeatures;
     for (const q of this.queues) {
-      if (!q.ready) continue;
-      if (!q.isValid(this.mem)) {
+      if (q.ready) q.setFeatures(hasFeature(acked, VIRTIO_F_EVENT_IDX), hasFeature(acked, VIRTIO_F_INDIRECT_DESC));
+    }
+    this.counters.activations++;
+    this.activateDevice();
+    if (this.configChangePending) {
+      this.configChangePending = false;
+      this.raiseConfigChange();
+    }
+  }
+
+  /** Checks every ready queue against guest memory; halts the device (NEEDS_RESET) if one is unusable. */
+  private validateQueues(): boolean {
+    for (const q of this.queues) {
+      if (q.ready && !q.isValid(this.mem)) {
         this.halted = true;
         this.needsReset();
-        return;
+        return false;
       }
-      q.eventIdx = hasFeature(acked, VIRTIO_F_EVENT_IDX);
-      q.indirectDesc = hasFeature(acked, VIRTIO_F_INDIRECT_DESC);
     }
+    return true;
+  }
+
+  /** Hands the device a context bound to the current epoch (DRIVER_OK, or a restore). */
+  private activateDevice(): void {
     const epoch = this.epoch;
     const live = () => epoch === this.epoch && this.activated;
     const interrupt: VirtioInterrupt = {
@@ -537,21 +628,102 @@ export class MmioTransport implements BusDevice {
       mem: this.mem,
       queues: this.queues,
       interrupt,
-      ackedFeatures: acked,
+      ackedFeatures: this.ackedFeatures,
       needsReset: () => {
         if (epoch !== this.epoch) return;
         this.halted = true;
         this.needsReset();
       },
+      schedule: (fn) => this.defer(() => {
+        if (live()) fn();
+      }),
     };
     this.activated = true;
-    this.counters.activations++;
     try {
       this.device.activate(ctx);
     } catch {
       this.counters.deviceErrors++;
       this.halted = true;
       this.needsReset();
+    }
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // State
+
+  /**
+   * The transport's registers, every queue's state and the device's own state, as plain data.
+   * Call with the vCPUs paused.
+   */
+  saveState(): MmioTransportState {
+    return {
+      deviceStatus: this.deviceStatus,
+      interruptStatus: this.interruptStatus,
+      configGeneration: this.configGeneration,
+      deviceFeaturesSel: this.deviceFeaturesSel,
+      driverFeaturesSel: this.driverFeaturesSel,
+      driverFeatures: this.driverFeatures.toString(),
+      queueSel: this.queueSel,
+      shmSel: this.shmSel,
+      activated: this.activated,
+      halted: this.halted,
+      configChangePending: this.configChangePending,
+      queueAddressRegs: this.addrRegs.map((r) => [r.descLo, r.descHi, r.driverLo, r.driverHi, r.deviceLo, r.deviceHi]),
+      queues: this.queues.map((q) => q.saveState() as unknown as StateObject),
+      device: this.device.saveState(),
+    };
+  }
+
+  /**
+   * Continues from {@link saveState}'s result on a transport that has not been used yet: registers
+   * and queues first, then (if the driver had set DRIVER_OK) the device is activated over the
+   * restored queues, then the device restores its own state. A pending interrupt is raised again
+   * so that the guest, which may not have seen it before the snapshot, does not wait forever.
+   * @throws VirtioError BAD_QUEUE_STATE, DeviceError BAD_STATE for a state that does not fit.
+   */
+  restoreState(state: MmioTransportState): void {
+    const bad = (what: string) => new VirtioError('BAD_QUEUE_STATE', `transport state: ${what}`);
+    if (state === null || typeof state !== 'object') throw bad('not an object');
+    const u32 = (v: unknown): v is number => typeof v === 'number' && Number.isInteger(v) && v >= 0 && v <= U32_MASK;
+    for (const k of ['deviceStatus', 'interruptStatus', 'configGeneration', 'deviceFeaturesSel', 'driverFeaturesSel', 'queueSel', 'shmSel'] as const) {
+      if (!u32(state[k])) throw bad(k);
+    }
+    if (state.deviceStatus > 0xff) throw bad('deviceStatus');
+    if (typeof state.driverFeatures !== 'string' || !/^[0-9]{1,20}$/.test(state.driverFeatures) || BigInt(state.driverFeatures) >= 1n << 64n) throw bad('driverFeatures');
+    for (const k of ['activated', 'halted', 'configChangePending'] as const) {
+      if (typeof state[k] !== 'boolean') throw bad(k);
+    }
+    if (!Array.isArray(state.queues) || state.queues.length !== this.queues.length) throw bad(`expected ${this.queues.length} queues`);
+    if (!Array.isArray(state.queueAddressRegs) || state.queueAddressRegs.length !== this.queues.length ||
+        state.queueAddressRegs.some((r) => !Array.isArray(r) || r.length !== 6 || !r.every(u32))) {
+      throw bad('queueAddressRegs');
+    }
+    if (state.device === null || typeof state.device !== 'object' || Array.isArray(state.device)) throw bad('device');
+    // Queues first (each checks its own state) on copies, so a bad one changes nothing.
+    const restored = this.queues.map((q) => new Queue(q.maxSize));
+    restored.forEach((q, i) => q.restoreState(state.queues[i] as unknown as QueueState));
+    if (state.activated && restored.some((q) => q.ready && !q.isValid(this.mem))) throw bad('a ready queue lies outside guest memory');
+
+    restored.forEach((q, i) => this.queues[i].restoreState(q.saveState()));
+    state.queueAddressRegs.forEach((r, i) => {
+      this.addrRegs[i] = { descLo: r[0], descHi: r[1], driverLo: r[2], driverHi: r[3], deviceLo: r[4], deviceHi: r[5] };
+    });
+    this.deviceStatus = state.deviceStatus;
+    this.interruptStatus = state.interruptStatus;
+    this.configGeneration = state.configGeneration;
+    this.deviceFeaturesSel = state.deviceFeaturesSel;
+    this.driverFeaturesSel = state.driverFeaturesSel;
+    this.driverFeatures = BigInt(state.driverFeatures);
+    this.queueSel = state.queueSel;
+    this.shmSel = state.shmSel;
+    this.halted = state.halted;
+    this.configChangePending = state.configChangePending;
+    this.activated = false;
+    if (state.activated) this.activateDevice();
+    this.device.restoreState(state.device as StateObject);
+    if (this.interruptStatus !== 0) {
+      if (this.levelIrq) this.setIrqLevel(true);
+      else this.safeTrigger();
     }
   }
 
@@ -575,6 +747,7 @@ export class MmioTransport implements BusDevice {
     this.shmSel = 0;
     this.activated = false;
     this.halted = false;
+    this.configChangePending = false;
     if (this.interruptStatus !== 0 && this.levelIrq) this.setIrqLevel(false);
     this.interruptStatus = 0;
   }
@@ -582,9 +755,13 @@ export class MmioTransport implements BusDevice {
   private raise(cause: number): void {
     this.interruptStatus |= cause;
     this.counters.interrupts++;
+    if (this.levelIrq) this.setIrqLevel(true);
+    else this.safeTrigger();
+  }
+
+  private safeTrigger(): void {
     try {
-      if (this.levelIrq) this.irq.setLevel(true);
-      else this.irq.trigger();
+      this.irq.trigger();
     } catch {
       this.counters.irqErrors++;
     }

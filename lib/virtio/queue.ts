@@ -37,7 +37,7 @@ import {
   descTableBytes,
   usedRingBytes,
 } from './constants';
-import { VirtioError } from './errors';
+import { VirtioError, VIRTIO_ERROR_CODES, type VirtioErrorCode } from './errors';
 
 /** Largest chain total (readable or writable) we accept: used lengths are u32 (§2.7.8). */
 const MAX_CHAIN_BYTES = 0xffffffff;
@@ -68,32 +68,61 @@ function isPowerOfTwo(n: number): boolean {
   return n > 0 && (n & (n - 1)) === 0;
 }
 
+/**
+ * A queue's saved state (see {@link Queue.saveState}): the driver's configuration, the device's
+ * ring positions and notification bookkeeping. Plain data, so it serializes as JSON.
+ */
+export interface QueueState {
+  /** The queue's maximum size; must match the restoring queue's. */
+  maxSize: number;
+  /** QueueNum as the driver wrote it. */
+  size: number;
+  /** QueueReady. */
+  ready: boolean;
+  /** Descriptor table address (-1: the driver wrote one beyond 2^53). */
+  descTable: number;
+  /** Available ring address. */
+  availRing: number;
+  /** Used ring address. */
+  usedRing: number;
+  /** Next avail ring position to pop (u16). */
+  nextAvail: number;
+  /** Next used ring position (u16). */
+  nextUsed: number;
+  /** VIRTIO_F_EVENT_IDX negotiated. */
+  eventIdx: boolean;
+  /** VIRTIO_F_INDIRECT_DESC negotiated. */
+  indirectDesc: boolean;
+  /** Used idx at the last used-buffer notification, or null before the first. */
+  signalledUsed: number | null;
+  /** Whether the device wanted avail notifications. */
+  notifyEnabled: boolean;
+  /** The ring-level error code that broke the queue, or null. */
+  broken: VirtioErrorCode | null;
+  /** Counter: chains popped. */
+  poppedChains: number;
+  /** Counter: malformed chains. */
+  malformedChains: number;
+}
+
 /** One split virtqueue, device side. */
 export class Queue {
   /** Largest size the device supports for this queue (power of two, ≤ 32768). */
   readonly maxSize: number;
-  /** Size the driver chose (QueueNum); defaults to {@link maxSize}. */
-  size: number;
-  /** Driver has enabled the queue (QueueReady). */
-  ready = false;
-  /** Guest physical address of the descriptor table. */
-  descTable = 0;
-  /** Guest physical address of the available ring ("driver area"). */
-  availRing = 0;
-  /** Guest physical address of the used ring ("device area"). */
-  usedRing = 0;
-  /** Free-running u16: avail ring position of the next chain to pop. */
-  nextAvail = 0;
-  /** Free-running u16: used ring position of the next completion (the published used idx). */
-  nextUsed = 0;
-  /** VIRTIO_F_EVENT_IDX was negotiated; set by the transport on activation. */
-  eventIdx = false;
-  /** VIRTIO_F_INDIRECT_DESC was negotiated; set by the transport on activation. */
-  indirectDesc = false;
   /** Chains popped (including malformed ones). */
   poppedChains = 0;
   /** Chains popped with `error` set. */
   malformedChains = 0;
+
+  private sizeValue: number;
+  private readyValue = false;
+  private descTableAddr = 0;
+  private availRingAddr = 0;
+  private usedRingAddr = 0;
+  private nextAvailIdx = 0;
+  private nextUsedIdx = 0;
+  private eventIdxOn = false;
+  private indirectDescOn = false;
 
   /** Last avail idx read from guest memory; chains up to it are popped without re-reading it. */
   private cachedAvailIdx = 0;
@@ -114,7 +143,134 @@ export class Queue {
       throw new VirtioError('BAD_QUEUE_CONFIG', `queue max size ${maxSize} is not a power of two ≤ ${VIRTQ_MAX_SIZE_SPEC}`);
     }
     this.maxSize = maxSize;
-    this.size = maxSize;
+    this.sizeValue = maxSize;
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // What the driver configures, through the transport's queue registers (§4.2.2). Values are
+  // stored as written; {@link validate} judges them at DRIVER_OK.
+
+  /** Size the driver chose (QueueNum); defaults to {@link maxSize}. */
+  get size(): number {
+    return this.sizeValue;
+  }
+  /** Driver has enabled the queue (QueueReady). */
+  get ready(): boolean {
+    return this.readyValue;
+  }
+  /** Guest physical address of the descriptor table (-1 when the driver wrote one beyond 2^53). */
+  get descTable(): number {
+    return this.descTableAddr;
+  }
+  /** Guest physical address of the available ring ("driver area"). */
+  get availRing(): number {
+    return this.availRingAddr;
+  }
+  /** Guest physical address of the used ring ("device area"). */
+  get usedRing(): number {
+    return this.usedRingAddr;
+  }
+  /** Free-running u16: avail ring position of the next chain to pop. */
+  get nextAvail(): number {
+    return this.nextAvailIdx;
+  }
+  /** Free-running u16: used ring position of the next completion (the published used idx). */
+  get nextUsed(): number {
+    return this.nextUsedIdx;
+  }
+  /** VIRTIO_F_EVENT_IDX was negotiated. */
+  get eventIdx(): boolean {
+    return this.eventIdxOn;
+  }
+  /** VIRTIO_F_INDIRECT_DESC was negotiated. */
+  get indirectDesc(): boolean {
+    return this.indirectDescOn;
+  }
+
+  /** QueueNum. Any number is stored; {@link validate} refuses what is not a power of two ≤ maxSize. */
+  setSize(size: number): void {
+    this.sizeValue = size;
+  }
+  /** QueueReady. */
+  setReady(ready: boolean): void {
+    this.readyValue = ready;
+  }
+  /** QueueDesc / QueueDriver / QueueDevice: the three ring addresses. */
+  setAddresses(descTable: number, availRing: number, usedRing: number): void {
+    this.descTableAddr = descTable;
+    this.availRingAddr = availRing;
+    this.usedRingAddr = usedRing;
+  }
+  /** The features negotiated for the queue, set by the transport at DRIVER_OK. */
+  setFeatures(eventIdx: boolean, indirectDesc: boolean): void {
+    this.eventIdxOn = eventIdx;
+    this.indirectDescOn = indirectDesc;
+  }
+
+  /**
+   * Everything needed to continue this queue elsewhere (a snapshot): the driver's configuration
+   * and the device's positions in the rings. The rings themselves live in guest memory.
+   */
+  saveState(): QueueState {
+    return {
+      maxSize: this.maxSize,
+      size: this.sizeValue,
+      ready: this.readyValue,
+      descTable: this.descTableAddr,
+      availRing: this.availRingAddr,
+      usedRing: this.usedRingAddr,
+      nextAvail: this.nextAvailIdx,
+      nextUsed: this.nextUsedIdx,
+      eventIdx: this.eventIdxOn,
+      indirectDesc: this.indirectDescOn,
+      signalledUsed: this.signalledUsed,
+      notifyEnabled: this.notifyEnabled,
+      broken: this.brokenBy ? this.brokenBy.code : null,
+      poppedChains: this.poppedChains,
+      malformedChains: this.malformedChains,
+    };
+  }
+
+  /**
+   * Continues from a {@link saveState} result. The state is input like any other: every field is
+   * checked, and a state that does not fit this queue throws {@link VirtioError} `BAD_QUEUE_STATE`
+   * with nothing changed. Ring addresses are not checked against guest memory here; the transport
+   * validates a ready queue of an activated device as it does at DRIVER_OK.
+   */
+  restoreState(state: QueueState): void {
+    const bad = (what: string) => new VirtioError('BAD_QUEUE_STATE', `queue state: ${what}`);
+    if (state === null || typeof state !== 'object') throw bad('not an object');
+    if (state.maxSize !== this.maxSize) throw bad(`maxSize ${String(state.maxSize)} is not this queue's ${this.maxSize}`);
+    const u16 = (v: unknown) => typeof v === 'number' && Number.isInteger(v) && v >= 0 && v <= 0xffff;
+    const count = (v: unknown) => typeof v === 'number' && Number.isSafeInteger(v) && v >= 0;
+    // Addresses are judged by validate() at use, as when the driver writes them.
+    const addr = (v: unknown) => typeof v === 'number' && Number.isSafeInteger(v);
+    if (typeof state.size !== 'number' || !Number.isSafeInteger(state.size)) throw bad('size');
+    if (typeof state.ready !== 'boolean' || typeof state.eventIdx !== 'boolean' || typeof state.indirectDesc !== 'boolean' || typeof state.notifyEnabled !== 'boolean') {
+      throw bad('flags');
+    }
+    if (!addr(state.descTable) || !addr(state.availRing) || !addr(state.usedRing)) throw bad('ring addresses');
+    if (!u16(state.nextAvail) || !u16(state.nextUsed)) throw bad('ring positions');
+    if (state.signalledUsed !== null && !u16(state.signalledUsed)) throw bad('signalledUsed');
+    if (!count(state.poppedChains) || !count(state.malformedChains)) throw bad('counters');
+    if (state.broken !== null && (typeof state.broken !== 'string' || !VIRTIO_ERROR_CODES.has(state.broken as VirtioErrorCode))) throw bad('broken');
+    this.sizeValue = state.size;
+    this.readyValue = state.ready;
+    this.descTableAddr = state.descTable;
+    this.availRingAddr = state.availRing;
+    this.usedRingAddr = state.usedRing;
+    this.nextAvailIdx = state.nextAvail;
+    this.cachedAvailIdx = state.nextAvail;
+    this.nextUsedIdx = state.nextUsed;
+    this.eventIdxOn = state.eventIdx;
+    this.indirectDescOn = state.indirectDesc;
+    this.signalledUsed = state.signalledUsed;
+    this.notifyEnabled = state.notifyEnabled;
+    this.brokenBy = state.broken === null ? null : new VirtioError(state.broken as VirtioErrorCode, 'queue was broken when its state was saved');
+    this.poppedChains = state.poppedChains;
+    this.malformedChains = state.malformedChains;
+    this.popBudget = Infinity;
+    this.budgetHit = false;
   }
 
   /** The ring-level error that stopped this queue, or null. Cleared by {@link reset}. */
@@ -124,15 +280,15 @@ export class Queue {
 
   /** Back to the post-reset state (§2.4): not ready, no addresses, counters zero. */
   reset(): void {
-    this.size = this.maxSize;
-    this.ready = false;
-    this.descTable = 0;
-    this.availRing = 0;
-    this.usedRing = 0;
-    this.nextAvail = 0;
-    this.nextUsed = 0;
-    this.eventIdx = false;
-    this.indirectDesc = false;
+    this.sizeValue = this.maxSize;
+    this.readyValue = false;
+    this.descTableAddr = 0;
+    this.availRingAddr = 0;
+    this.usedRingAddr = 0;
+    this.nextAvailIdx = 0;
+    this.nextUsedIdx = 0;
+    this.eventIdxOn = false;
+    this.indirectDescOn = false;
     this.cachedAvailIdx = 0;
     this.signalledUsed = null;
     this.notifyEnabled = true;
@@ -249,7 +405,7 @@ export class Queue {
       if (head >= this.size) {
         throw new VirtioError('HEAD_OUT_OF_RANGE', `avail ring entry ${slot} names descriptor ${head} ≥ queue size ${this.size}`);
       }
-      this.nextAvail = (this.nextAvail + 1) & 0xffff;
+      this.nextAvailIdx = (this.nextAvailIdx + 1) & 0xffff;
       this.poppedChains++;
       this.popBudget--;
       const chain = this.walkChain(mem, head);
@@ -266,9 +422,28 @@ export class Queue {
    * a successful pop; undoing n pops in a row is fine.
    */
   undoPop(): void {
-    this.nextAvail = (this.nextAvail - 1) & 0xffff;
+    this.nextAvailIdx = (this.nextAvailIdx - 1) & 0xffff;
     if (this.poppedChains > 0) this.poppedChains--;
     this.popBudget++;
+  }
+
+  /**
+   * The chain at descriptor `headIndex`, read again from the descriptor table: for a device
+   * continuing, after a restore, a request it had popped before the snapshot (the driver does not
+   * touch a chain's descriptors until the device has used it, §2.7.13.3).
+   * @throws VirtioError ring-level errors, as {@link pop}; `HEAD_OUT_OF_RANGE` for a bad head.
+   */
+  chainAt(mem: GuestMemory, headIndex: number): DescriptorChain {
+    if (this.brokenBy) throw this.brokenBy;
+    if (!this.readyValue) throw new VirtioError('QUEUE_NOT_READY', 'chainAt on a queue that is not ready');
+    if (!Number.isInteger(headIndex) || headIndex < 0 || headIndex >= this.sizeValue) {
+      throw new VirtioError('HEAD_OUT_OF_RANGE', `head ${headIndex} outside queue of ${this.sizeValue}`);
+    }
+    try {
+      return this.walkChain(mem, headIndex);
+    } catch (e) {
+      throw this.fail(e);
+    }
   }
 
   /**
@@ -367,7 +542,7 @@ export class Queue {
       const elem = this.usedRing + USED_RING + VIRTQ_USED_ELEM_SIZE * (this.nextUsed & (this.size - 1));
       mem.writeU32(elem, headIndex);
       mem.writeU32(elem + 4, len);
-      this.nextUsed = (this.nextUsed + 1) & 0xffff;
+      this.nextUsedIdx = (this.nextUsedIdx + 1) & 0xffff;
       mem.writeU16(this.usedRing + USED_IDX, this.nextUsed);
     } catch (e) {
       throw this.fail(e);

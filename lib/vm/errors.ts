@@ -2,6 +2,7 @@
  * Errors of the MicroVM façade.
  * @module
  */
+import { KindlingError } from '../errors';
 
 /** Why a configuration call was refused. */
 export type ConfigErrorCode =
@@ -25,7 +26,7 @@ export type ConfigErrorCode =
  * A builder method or `start()` was given a configuration that cannot work. Thrown at once,
  * before anything is created, so the caller can fix the call.
  */
-export class ConfigError extends Error {
+export class ConfigError extends KindlingError {
   /** Discriminant for programmatic handling. */
   readonly code: ConfigErrorCode;
   constructor(code: ConfigErrorCode, message: string) {
@@ -39,15 +40,12 @@ export class ConfigError extends Error {
 export type VmErrorCode = 'KVM_UNAVAILABLE' | 'KVM_UNSUPPORTED' | 'START_FAILED';
 
 /** Starting the VM failed after the configuration was accepted (KVM missing, an ioctl refused…). */
-export class VmError extends Error {
+export class VmError extends KindlingError {
   /** Discriminant for programmatic handling. */
   readonly code: VmErrorCode;
-  /** The underlying error (a NativeError, BootError…), when there is one. */
-  override readonly cause?: unknown;
   constructor(code: VmErrorCode, message: string, cause?: unknown) {
-    super(message);
+    super(message, cause === undefined ? undefined : { cause });
     this.name = 'VmError';
     this.code = code;
-    this.cause = cause;
   }
 }

@@ -494,7 +494,7 @@ export class Machine {
   metrics(state: string): VmMetrics {
     const drives: VmMetrics['drives'] = {};
     for (const [id, slot] of this.drives) {
-      drives[id] = { ...slot.device.metrics(), ...prefixed('transport', slot.transport.metrics()) };
+      drives[id] = { ...slot.device.metrics(), ...prefixed("transport", { ...slot.transport.metrics() }) };
     }
     return {
       id: this.config.id,

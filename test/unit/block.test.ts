@@ -33,7 +33,7 @@ import {
 } from '../../lib/devices/block';
 import { RateLimiter } from '../../lib/ratelimit';
 import { FakeTime } from './helpers/fake-time';
-import { BumpAllocator, MockBuffer, MockIrq, MockMmioDriver, MockVirtqueue, UsedElem } from './helpers/mock-driver';
+import { BumpAllocator, MockBuffer, MockIrq, MockMmioDriver, MockVirtqueue, UsedElem } from '../../lib/testing/mock-driver';
 
 const MiB = 1 << 20;
 

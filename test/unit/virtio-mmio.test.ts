@@ -37,7 +37,7 @@ import {
   VIRTIO_STATUS_FEATURES_OK,
   featureBit,
 } from '../../lib/virtio/constants';
-import { BumpAllocator, EchoDevice, MockIrq, MockMmioDriver, MockVirtqueue, allocQueueLayout } from './helpers/mock-driver';
+import { BumpAllocator, EchoDevice, MockIrq, MockMmioDriver, MockVirtqueue, allocQueueLayout } from '../../lib/testing/mock-driver';
 
 const ACK = VIRTIO_STATUS_ACKNOWLEDGE;
 const DRV = VIRTIO_STATUS_DRIVER;

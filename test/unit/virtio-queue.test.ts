@@ -9,7 +9,7 @@ import {
   VIRTQ_DESC_F_WRITE,
   VIRTQ_USED_F_NO_NOTIFY,
 } from '../../lib/virtio/constants';
-import { BumpAllocator, MockVirtqueue, allocQueueLayout } from './helpers/mock-driver';
+import { BumpAllocator, MockVirtqueue, allocQueueLayout, configureQueue } from '../../lib/testing/mock-driver';
 
 interface Rig {
   mem: GuestMemory;
@@ -22,12 +22,7 @@ function rig(size = 8, maxSize = 256, mem = GuestMemory.anonymous(1 << 20)): Rig
   const alloc = new BumpAllocator(mem);
   const layout = allocQueueLayout(alloc, size);
   const q = new Queue(maxSize);
-  q.size = size;
-  q.descTable = layout.descTable;
-  q.availRing = layout.availRing;
-  q.usedRing = layout.usedRing;
-  q.ready = true;
-  q.indirectDesc = true;
+  configureQueue(q, { size: size, descTable: layout.descTable, availRing: layout.availRing, usedRing: layout.usedRing, ready: true, indirectDesc: true });
   return { mem, alloc, q, drv: new MockVirtqueue(mem, layout) };
 }
 
@@ -75,35 +70,32 @@ describe('Queue construction and validation', () => {
   it('validates size, alignment (16/2/4) and placement in memory', () => {
     const r = rig(8);
     expect(r.q.isValid(r.mem)).toBe(true);
-    const save = { ...r.q };
-    r.q.size = 6;
+    const save = r.q.saveState();
+    configureQueue(r.q, { size: 6 });
     expect(r.q.validate(r.mem)?.code).toBe('BAD_QUEUE_CONFIG');
-    r.q.size = 512;
+    configureQueue(r.q, { size: 512 });
     expect(r.q.isValid(r.mem)).toBe(false);
-    r.q.size = 0;
+    configureQueue(r.q, { size: 0 });
     expect(r.q.isValid(r.mem)).toBe(false);
-    r.q.size = 8;
-    r.q.descTable = save.descTable + 8;
+    configureQueue(r.q, { size: 8, descTable: save.descTable + 8 });
     expect(r.q.isValid(r.mem)).toBe(false);
-    r.q.descTable = save.descTable;
-    r.q.availRing = save.availRing + 1;
+    configureQueue(r.q, { descTable: save.descTable, availRing: save.availRing + 1 });
     expect(r.q.isValid(r.mem)).toBe(false);
-    r.q.availRing = save.availRing;
-    r.q.usedRing = save.usedRing + 2;
+    configureQueue(r.q, { availRing: save.availRing, usedRing: save.usedRing + 2 });
     expect(r.q.isValid(r.mem)).toBe(false);
-    r.q.usedRing = r.mem.totalSize - 8;
+    configureQueue(r.q, { usedRing: r.mem.totalSize - 8 });
     expect(r.q.isValid(r.mem)).toBe(false);
-    r.q.usedRing = -1;
+    configureQueue(r.q, { usedRing: -1 });
     expect(r.q.isValid(r.mem)).toBe(false);
-    r.q.usedRing = save.usedRing;
+    configureQueue(r.q, { usedRing: save.usedRing });
     expect(r.q.isValid(r.mem)).toBe(true);
     // Overlapping parts.
-    r.q.usedRing = save.availRing + 4;
+    configureQueue(r.q, { usedRing: save.availRing + 4 });
     expect(r.q.validate(r.mem)?.message).toMatch(/available ring and used ring overlap/);
-    r.q.usedRing = save.descTable + 16 * 8 - 4;
+    configureQueue(r.q, { usedRing: save.descTable + 16 * 8 - 4 });
     expect(r.q.isValid(r.mem)).toBe(false);
-    r.q.usedRing = save.usedRing;
-    r.q.availRing = save.descTable + 16 * 8; // adjacent is fine
+    configureQueue(r.q, { usedRing: save.usedRing });
+    configureQueue(r.q, { availRing: save.descTable + 16 * 8 }); // adjacent is fine
     expect(r.q.isValid(r.mem)).toBe(true);
   });
 
@@ -261,13 +253,13 @@ describe('Queue.pop: direct chains', () => {
 
   it('refuses to pop a queue that is not ready', () => {
     const r = rig();
-    r.q.ready = false;
+    configureQueue(r.q, { ready: false });
     expect(() => r.q.pop(r.mem)).toThrow(expect.objectContaining({ code: 'QUEUE_NOT_READY' }));
   });
 
   it('turns ring accesses outside memory into VirtioError, never MemoryError', () => {
     const r = rig();
-    r.q.availRing = r.mem.totalSize - 2;
+    configureQueue(r.q, { availRing: r.mem.totalSize - 2 });
     let err: unknown;
     try {
       r.q.pop(r.mem);
@@ -370,7 +362,7 @@ describe('Queue.pop: indirect descriptors', () => {
 
   const cases: [string, (r: Rig, table: number) => void, VirtioError['code']][] = [
     ['without VIRTIO_F_INDIRECT_DESC', (r, t) => {
-      r.q.indirectDesc = false;
+      configureQueue(r.q, { indirectDesc: false });
       r.drv.writeDesc(0, 0x10000, 1, 0, 0, t);
       r.drv.writeDesc(0, t, 16, VIRTQ_DESC_F_INDIRECT, 0);
     }, 'BAD_INDIRECT'],
@@ -532,7 +524,7 @@ describe('notification suppression', () => {
 
   it('used buffers with EVENT_IDX follow used_event', () => {
     const r = rig(8);
-    r.q.eventIdx = true;
+    configureQueue(r.q, { eventIdx: true });
     r.drv.setAvailFlags(VIRTQ_AVAIL_F_NO_INTERRUPT); // ignored under EVENT_IDX
     r.q.addUsed(r.mem, 0, 0);
     expect(r.q.needsNotification(r.mem)).toBe(true); // first one always
@@ -552,8 +544,7 @@ describe('notification suppression', () => {
 
   it('used_event works across the 16-bit wrap', () => {
     const r = rig(8);
-    r.q.eventIdx = true;
-    r.q.nextUsed = 0xfffd;
+    configureQueue(r.q, { eventIdx: true, nextUsed: 0xfffd });
     r.q.addUsed(r.mem, 0, 0); // 0xfffe
     expect(r.q.needsNotification(r.mem)).toBe(true);
     r.drv.setUsedEvent(0x0000);
@@ -581,7 +572,7 @@ describe('notification suppression', () => {
 
   it('avail notifications with EVENT_IDX publish avail_event, including from an empty pop', () => {
     const r = rig(4);
-    r.q.eventIdx = true;
+    configureQueue(r.q, { eventIdx: true });
     r.q.disableNotification(r.mem);
     expect(r.drv.usedFlags()).toBe(0);
     r.drv.addChain([{ addr: 0x10000, len: 1 }]);
@@ -603,8 +594,7 @@ describe('notification suppression', () => {
 
   it('avail_event wraps with nextAvail', () => {
     const r = rig(4);
-    r.q.eventIdx = true;
-    r.q.nextAvail = 0xfffe;
+    configureQueue(r.q, { eventIdx: true, nextAvail: 0xfffe });
     r.drv.availIdx = 0xfffe;
     r.drv.publish();
     expect(r.q.enableNotification(r.mem)).toBe(false);

@@ -12,6 +12,7 @@
 import { ChainReader, ChainWriter, type DescriptorChain } from '../../virtio/chain';
 import { VIRTIO_ID_BLOCK, featureBit, hasFeature } from '../../virtio/constants';
 import type { VirtioDevice, VirtioDeviceContext } from '../../virtio/device';
+import { DeviceError, stateField, type StateObject } from '../contract';
 import type { Queue } from '../../virtio/queue';
 import { RateLimiter, type RateLimiterConfig } from '../../ratelimit';
 import type { BlockBackend } from './backend';
@@ -78,6 +79,59 @@ interface Completion {
   readonly status: ChainWriter;
 }
 
+/** Counters of one virtio-blk device (in `vm.metrics().drives[id]`). */
+export interface BlockMetrics {
+  /** IN requests. */
+  readonly readRequests: number;
+  /** OUT requests. */
+  readonly writeRequests: number;
+  /** FLUSH requests. */
+  readonly flushRequests: number;
+  /** GET_ID requests. */
+  readonly getIdRequests: number;
+  /** Bytes read into the guest. */
+  readonly readBytes: number;
+  /** Bytes written from the guest. */
+  readonly writeBytes: number;
+  /** Requests completed with an error status or none. */
+  readonly errors: number;
+  /** Backend failures. */
+  readonly ioErrors: number;
+  /** Chains without room for a header or status. */
+  readonly malformedChains: number;
+  /** Requests outside the capacity, not whole sectors, or with a wrong data direction. */
+  readonly invalidRequests: number;
+  /** Writes refused by a read-only drive. */
+  readonly readOnlyWrites: number;
+  /** Unknown request types and FLUSH without the feature. */
+  readonly unsupported: number;
+  /** Times the rate limiter held a request back. */
+  readonly throttles: number;
+  /** Backend operations in flight now. */
+  readonly inFlight: number;
+  /** Requests completed into the used ring. */
+  readonly completed: number;
+  /** Completions dropped because the driver reset the device meanwhile. */
+  readonly droppedCompletions: number;
+  /** Used-buffer interrupts raised. */
+  readonly notifications: number;
+  /** Ring-level failures (the queue then needs a reset). */
+  readonly queueErrors: number;
+  /** Config space writes (nothing is writable). */
+  readonly configWritesIgnored: number;
+  /** Backing file swaps. */
+  readonly backendSwaps: number;
+  /** Backends whose close failed. */
+  readonly backendCloseErrors: number;
+  /** Requests re-submitted after a restore. */
+  readonly resubmitted: number;
+  /** Capacity in 512-byte sectors. */
+  readonly capacity: number;
+}
+
+/** Version of {@link BlockDevice.saveState}'s format. */
+export const BLOCK_STATE_VERSION = 1;
+
 function isPowerOfTwo(n: number): boolean {
   return Number.isInteger(n) && n > 0 && (n & (n - 1)) === 0;
 }
@@ -117,9 +171,13 @@ function call<T>(fn: () => Promise<T>): Promise<T> {
 }
 
 /** virtio-blk device model; see the module comment. */
-export class BlockDevice implements VirtioDevice {
+export class BlockDevice implements VirtioDevice<BlockMetrics> {
   /** VIRTIO_ID_BLOCK. */
   readonly deviceType = VIRTIO_ID_BLOCK;
+  /** Device kind in metrics and snapshots. */
+  readonly kind = 'virtio-blk';
+  /** See {@link BLOCK_STATE_VERSION}. */
+  readonly stateVersion = BLOCK_STATE_VERSION;
   /** One request queue. */
   readonly queueMaxSizes: readonly number[];
   /** RO when read-only, FLUSH with writeback caching, always BLK_SIZE and SEG_MAX. */
@@ -144,6 +202,8 @@ export class BlockDevice implements VirtioDevice {
   private closed = false;
   // In-flight request counts per backend, so a replaced backend is closed only once drained.
   private readonly backendUse = new Map<BlockBackend, number>();
+  /** Heads of the requests of the current activation whose backend I/O has not completed. */
+  private readonly inFlightHeads = new Set<number>();
   private readonly retired = new Set<BlockBackend>();
   private readonly configScratch = new DataView(new ArrayBuffer(BLK_CONFIG_SIZE));
 
@@ -169,6 +229,7 @@ export class BlockDevice implements VirtioDevice {
     configWritesIgnored: 0,
     backendSwaps: 0,
     backendCloseErrors: 0,
+    resubmitted: 0,
   };
 
   /**
@@ -247,6 +308,7 @@ export class BlockDevice implements VirtioDevice {
   /** Starts serving the queue. */
   activate(ctx: VirtioDeviceContext): void {
     this.epoch++;
+    this.inFlightHeads.clear();
     this.ctx = ctx;
     this.flushNegotiated = hasFeature(ctx.ackedFeatures, VIRTIO_BLK_F_FLUSH);
     this.notifyPending = false;
@@ -258,6 +320,7 @@ export class BlockDevice implements VirtioDevice {
    */
   reset(): void {
     this.epoch++;
+    this.inFlightHeads.clear();
     this.ctx = null;
     this.flushNegotiated = false;
     this.notifyPending = false;
@@ -274,7 +337,7 @@ export class BlockDevice implements VirtioDevice {
     } catch {
       // Only a device bug gets here; it must not reach the event loop.
       this.counters.queueErrors++;
-      this.ctx?.needsReset?.();
+      this.ctx?.needsReset();
     }
     this.flushNotify();
   }
@@ -293,7 +356,7 @@ export class BlockDevice implements VirtioDevice {
       } catch {
         // Ring-level corruption: the queue is broken until reset (§2.1.2).
         this.counters.queueErrors++;
-        ctx.needsReset?.();
+        ctx.needsReset();
         return;
       }
       if (chain === null) return;
@@ -301,8 +364,11 @@ export class BlockDevice implements VirtioDevice {
     }
   }
 
-  /** Parses and starts one request. Returns false if it was throttled and pushed back. */
-  private startRequest(ctx: VirtioDeviceContext, queue: Queue, chain: DescriptorChain): boolean {
+  /**
+   * Parses and starts one request. Returns false if it was throttled and pushed back.
+   * `resubmit`: a request restored from a snapshot, already admitted by the limiter before it.
+   */
+  private startRequest(ctx: VirtioDeviceContext, queue: Queue, chain: DescriptorChain, resubmit = false): boolean {
     const c = this.counters;
     const mem = ctx.mem;
     if (chain.error !== undefined || chain.writableLength < BLK_REQ_STATUS_SIZE) {
@@ -327,7 +393,7 @@ export class BlockDevice implements VirtioDevice {
 
     const isData = type === VIRTIO_BLK_T_IN || type === VIRTIO_BLK_T_OUT;
     const dataLen = type === VIRTIO_BLK_T_IN ? writer.remaining : type === VIRTIO_BLK_T_OUT ? reader.remaining : 0;
-    const limiter = this.limiter;
+    const limiter = resubmit ? undefined : this.limiter;
     if (limiter !== undefined) {
       if (!limiter.consume(1, 'ops')) {
         queue.undoPop();
@@ -465,6 +531,7 @@ export class BlockDevice implements VirtioDevice {
   ): void {
     const c = this.counters;
     c.inFlight++;
+    if (done.epoch === this.epoch) this.inFlightHeads.add(done.headIndex);
     this.backendUse.set(backend, (this.backendUse.get(backend) ?? 0) + 1);
     io.then(
       (n) => (n === expect ? VIRTIO_BLK_S_OK : VIRTIO_BLK_S_IOERR),
@@ -473,6 +540,7 @@ export class BlockDevice implements VirtioDevice {
       // Nothing may escape: an unhandled rejection would take the process down.
       try {
         c.inFlight--;
+        if (done.epoch === this.epoch) this.inFlightHeads.delete(done.headIndex);
         const left = (this.backendUse.get(backend) ?? 1) - 1;
         if (left > 0) this.backendUse.set(backend, left);
         else {
@@ -516,7 +584,7 @@ export class BlockDevice implements VirtioDevice {
       queue.addUsed(ctx.mem, headIndex, len);
     } catch {
       this.counters.queueErrors++;
-      ctx.needsReset?.();
+      ctx.needsReset();
       return;
     }
     this.counters.completed++;
@@ -618,7 +686,64 @@ export class BlockDevice implements VirtioDevice {
   }
 
   /** Request, byte, error and throttle counters; `inFlight` is the current number of backend operations. */
-  metrics(): Record<string, number> {
+  metrics(): BlockMetrics {
     return { ...this.counters, capacity: this.capacity };
+  }
+
+  /**
+   * Resolves once no backend operation is in flight (every request popped so far has completed
+   * or been dropped): what a pause waits for before a snapshot, so that drive contents and guest
+   * memory agree. Requests still throttled stay in the avail ring and are not waited for.
+   */
+  async drain(): Promise<void> {
+    while (this.counters.inFlight > 0) {
+      await new Promise<void>((resolve) => setImmediate(resolve));
+    }
+  }
+
+  /**
+   * State: the requests of the current activation whose I/O had not completed, by head index
+   * (they are re-read from the descriptor table and run again on restore: reads and writes of
+   * whole sectors are idempotent, and the driver does not touch a chain until it is used), and
+   * whether a used-buffer notification was still owed. The backend, its size and the limiter's
+   * configuration are host resources, supplied again when the device is rebuilt.
+   */
+  saveState(): StateObject {
+    return {
+      inFlight: [...this.inFlightHeads].sort((a, b) => a - b),
+      notifyPending: this.notifyPending,
+    };
+  }
+
+  /** See {@link saveState}; re-submits the saved in-flight requests when the device is active. */
+  restoreState(state: StateObject): void {
+    const heads = stateField.arr(state, 'inFlight', this.queueMaxSizes[REQUEST_QUEUE]);
+    const notifyPending = stateField.bool(state, 'notifyPending');
+    const max = this.queueMaxSizes[REQUEST_QUEUE] - 1;
+    if (heads.some((h) => typeof h !== 'number' || !Number.isInteger(h) || h < 0 || h > max) || new Set(heads).size !== heads.length) {
+      throw new DeviceError('BAD_STATE', `drive ${this.id}: inFlight must be distinct head indices in [0, ${max}]`);
+    }
+    const ctx = this.ctx;
+    if (ctx === null) {
+      if (heads.length > 0) throw new DeviceError('BAD_STATE', `drive ${this.id}: requests in flight on a device that is not active`);
+      return;
+    }
+    const queue = ctx.queues[REQUEST_QUEUE];
+    for (const head of heads as number[]) {
+      let chain: DescriptorChain;
+      try {
+        chain = queue.chainAt(ctx.mem, head);
+      } catch {
+        this.counters.queueErrors++;
+        ctx.needsReset();
+        return;
+      }
+      this.counters.resubmitted++;
+      this.startRequest(ctx, queue, chain, true);
+    }
+    if (notifyPending) {
+      this.notifyPending = true;
+      this.flushNotify();
+    }
   }
 }

@@ -2,6 +2,7 @@
  * Errors of the virtio-blk device module.
  * @module
  */
+import { KindlingError } from '../../errors';
 
 /**
  * Why a block device or backend operation was refused: a bad device configuration, a drive id
@@ -11,7 +12,7 @@
 export type BlockErrorCode = 'BAD_CONFIG' | 'ID_TOO_LONG' | 'OPEN_FAILED' | 'IO_ERROR' | 'CLOSED' | 'READ_ONLY';
 
 /** A refused block device configuration or a failed backend operation. */
-export class BlockError extends Error {
+export class BlockError extends KindlingError {
   /** Discriminant for programmatic handling. */
   readonly code: BlockErrorCode;
 

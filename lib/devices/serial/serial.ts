@@ -16,6 +16,7 @@
  * @module
  */
 
+import { KindlingError } from '../../errors';
 import type { BusDevice, IrqLine } from '../../bus';
 import {
   DEFAULT_OUTPUT_CHUNK,
@@ -71,7 +72,7 @@ import {
 export type SerialErrorCode = 'BAD_OPTION';
 
 /** A refused serial device configuration. */
-export class SerialError extends Error {
+export class SerialError extends KindlingError {
   /** Discriminant for programmatic handling. */
   readonly code: SerialErrorCode;
   constructor(code: SerialErrorCode, message: string) {

@@ -1,15 +1,17 @@
 /**
- * A mock virtio driver for unit tests and benchmarks: lays out split virtqueues in a GuestMemory,
+ * A mock virtio driver for unit tests and benchmarks (exported as `kindling/testing`): lays out split virtqueues in a GuestMemory,
  * publishes descriptor chains (direct or through an indirect table), reads the used ring back and
  * drives a virtio-mmio transport through its registers the way Linux's virtio_mmio driver does.
  *
  * It trusts nothing about the device but is itself well-behaved; tests that want hostile rings
  * write raw descriptors with {@link MockVirtqueue.writeDesc} / {@link MockVirtqueue.pushAvail}.
  */
-import { GuestMemory } from '../../../lib/memory/guest-memory';
-import type { BusDevice, IrqLine } from '../../../lib/bus';
-import { ChainReader, ChainWriter } from '../../../lib/virtio/chain';
-import type { VirtioDevice, VirtioDeviceContext } from '../../../lib/virtio/device';
+import { GuestMemory } from '../memory/guest-memory';
+import type { BusDevice, IrqLine } from '../bus';
+import { ChainReader, ChainWriter } from '../virtio/chain';
+import type { VirtioDevice, VirtioDeviceContext } from '../virtio/device';
+import { stateField, encodeBytes, type StateObject } from '../devices/contract';
+import type { Queue, QueueState } from '../virtio/queue';
 import {
   VIRTIO_F_VERSION_1,
   VIRTIO_MMIO_DEVICE_FEATURES,
@@ -41,7 +43,7 @@ import {
   descTableBytes,
   featureBit,
   usedRingBytes,
-} from '../../../lib/virtio/constants';
+} from '../virtio/constants';
 
 /** Where one queue's three parts live. */
 export interface QueueLayout {
@@ -375,8 +377,15 @@ export class MockIrq implements IrqLine {
  * Test device: for each chain, copies the readable bytes into the writable buffers (as many as
  * fit) and completes it with the number of bytes written; malformed chains complete with 0.
  */
-export class EchoDevice implements VirtioDevice {
+export class EchoDevice implements VirtioDevice<{ requests: number; malformed: number }> {
+  /** A device type no real driver binds to. */
   readonly deviceType = 0x7e;
+  /** Device id. */
+  readonly id: string;
+  /** Device kind. */
+  readonly kind = 'echo';
+  /** State format version. */
+  readonly stateVersion = 1;
   readonly deviceFeatures: bigint;
   readonly queueMaxSizes: readonly number[];
   ctx: VirtioDeviceContext | null = null;
@@ -389,7 +398,8 @@ export class EchoDevice implements VirtioDevice {
   /** Called after each completion (e.g. to play a driver that refills the ring concurrently). */
   onComplete?: () => void;
 
-  constructor(queueMaxSizes: readonly number[] = [256], deviceFeatures = 0n) {
+  constructor(queueMaxSizes: readonly number[] = [256], deviceFeatures = 0n, id = 'echo') {
+    this.id = id;
     this.queueMaxSizes = queueMaxSizes;
     this.deviceFeatures = deviceFeatures;
   }
@@ -439,7 +449,27 @@ export class EchoDevice implements VirtioDevice {
     }
     if (used && q.needsNotification(mem)) ctx.interrupt.signalUsedQueue(queueIndex);
   }
-  metrics(): Record<string, number> {
+  metrics(): { requests: number; malformed: number } {
     return { requests: this.requests, malformed: this.malformed };
   }
+  /** The config bytes (the device has no per-request state: it completes every chain at once). */
+  saveState(): StateObject {
+    return { config: encodeBytes(this.config) };
+  }
+  restoreState(state: StateObject): void {
+    const config = stateField.bytes(state, 'config', this.config.length);
+    this.config.fill(0);
+    this.config.set(config);
+  }
+  /** Nothing to release. */
+  async close(): Promise<void> {}
+}
+
+/**
+ * Sets a {@link Queue}'s driver-side configuration and ring positions directly, as if a driver
+ * had programmed it and the device had already used `nextUsed` entries: for tests that lay out
+ * rings by hand instead of going through a transport.
+ */
+export function configureQueue(q: Queue, settings: Partial<Omit<QueueState, 'maxSize'>>): void {
+  q.restoreState({ ...q.saveState(), ...settings });
 }
