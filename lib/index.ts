@@ -8,18 +8,29 @@
  * await vm.start();
  * console.log(await vm.wait());
  * ```
+ *
+ * Every error Kindling throws or rejects with is a {@link KindlingError} with a discriminated
+ * `code`. Devices of your own implement {@link VirtioDevice} and are attached with
+ * `vm.device()`; `kindling/testing` has a mock driver to unit-test them without KVM.
  * @packageDocumentation
  */
 export { MicroVM } from './vm/microvm';
 export type { VmState, MicroVMEvents } from './vm/microvm';
-export { ConfigError, VmError } from './vm/errors';
-export type { ConfigErrorCode, VmErrorCode } from './vm/errors';
-export type { MicroVMOptions, KernelOptions, DriveOptions, HostQuirksMode } from './vm/config';
+export { KindlingError } from './errors';
+export { ConfigError } from './config';
+export type { ConfigErrorCode } from './config';
+export { VmError } from './vm/errors';
+export type { VmErrorCode } from './vm/errors';
+export type { MicroVMOptions, KernelOptions, HostQuirksMode, DriveOptions, DriveUpdate } from './vm/config';
 export { MIN_VCPUS, MAX_VCPUS, MIN_MEMORY_MIB, MAX_MEMORY_MIB, MAX_CMDLINE_BYTES, DEFAULT_CMDLINE } from './vm/config';
-export type { ExitInfo } from './vm/machine';
-export type { VmMetrics, DeviceMetrics, ExitCounters } from './vm/metrics';
-export { MemoryError } from './memory/guest-memory';
-export type { MemoryErrorCode } from './memory/guest-memory';
+export type { ExitInfo, CloseError } from './vm/exit-dispatch';
+export type { VmMetrics, DriveMetrics, ExitCounters } from './vm/metrics';
+export type { DeviceMetricsEntry } from './vm/device-manager';
+export { MAX_VIRTIO_DEVICES, VIRTIO_MMIO_BASE, VIRTIO_MMIO_WINDOW, VIRTIO_FIRST_IRQ } from './vm/device-manager';
+export { MemoryError, GuestMemory } from './memory/guest-memory';
+export type { MemoryErrorCode, MemoryRegion, RegionSpec } from './memory/guest-memory';
+export type { BusDevice, IrqLine } from './bus';
+export type { CacheType } from './devices/block/device';
 export { NativeError, isKvmAvailable } from './native/binding';
 export type { NativeErrorCode, KvmAvailability } from './native/binding';
 export { BootError } from './boot/errors';
@@ -27,3 +38,16 @@ export type { BootErrorCode } from './boot/errors';
 export type { TokenBucketConfig, RateLimiterConfig } from './ratelimit';
 export { RateLimitError } from './ratelimit';
 export type { RateLimitErrorCode } from './ratelimit/errors';
+export { DeviceError, stateField, encodeBytes } from './devices/contract';
+export type { Device, DeviceErrorCode, StateObject, StateValue, DeviceStateRecord } from './devices/contract';
+export type { VirtioDevice, VirtioDeviceContext, VirtioInterrupt } from './virtio/device';
+export { Queue } from './virtio/queue';
+export type { QueueState } from './virtio/queue';
+export { DescriptorChain, ChainReader, ChainWriter } from './virtio/chain';
+export type { DescriptorSegment } from './virtio/chain';
+export { VirtioError } from './virtio/errors';
+export type { VirtioErrorCode } from './virtio/errors';
+export type { TransportMetrics } from './virtio/mmio';
+export type { SerialMetrics } from './devices/serial/serial';
+export type { I8042Metrics } from './devices/i8042/i8042';
+export type { BlockMetrics } from './devices/block/device';

@@ -156,3 +156,30 @@ export const stateField = {
 export function encodeBytes(bytes: Uint8Array): string {
   return Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength).toString('base64');
 }
+
+/**
+ * How a built-in virtio device type plugs into the machine: the builder method validates its
+ * options (the device folder's `check…Options`) and records `{ kind, id, config }`; at `start()`
+ * the machine looks the kind up and calls {@link DeviceKind.create}, then attaches the device
+ * through its device manager (MMIO window, GSI, irqfd, ioeventfds, announcement, metrics,
+ * snapshots, teardown). A device folder exports one of these; nothing else in the machine changes
+ * for a new device type.
+ *
+ * `H` is the host capabilities the device needs (a TAP, madvise on guest memory…), an interface
+ * the device folder declares and `lib/vm` implements with the native addon; devices never import
+ * the addon themselves.
+ */
+export interface DeviceKind<C extends { id: string } = { id: string }, D extends Device = Device, H = unknown, U = never> {
+  /** Equals the created devices' {@link Device.kind}. */
+  readonly kind: string;
+  /** Builds a device from its validated configuration. Rejections end `start()` with the reason. */
+  create(config: C, host: H): Promise<D>;
+  /**
+   * Applies a validated runtime update (e.g. a new backing file or rate limits) to a running
+   * device, and records it in `config` (which a snapshot saves). Resolves with
+   * `{ configChanged: true }` when the device's config space changed: the machine then has the
+   * transport raise a configuration change interrupt (or defer it to DRIVER_OK, §2.5). Absent
+   * when the device takes no updates.
+   */
+  update?(device: D, config: C, update: U, host: H): Promise<{ configChanged?: boolean } | void>;
+}

@@ -47,8 +47,22 @@ export interface MemoryRegion {
  * (needed for regions over 4 GiB, which no single Uint8Array can span).
  */
 export type RegionSpec =
-  | { guestAddr: number; bytes: Uint8Array }
-  | { guestAddr: number; buffer: ArrayBuffer; byteOffset: number; size: number };
+  | {
+      /** Guest physical address of the region's first byte. */
+      guestAddr: number;
+      /** The region's bytes. */
+      bytes: Uint8Array;
+    }
+  | {
+      /** Guest physical address of the region's first byte. */
+      guestAddr: number;
+      /** The buffer holding the region. */
+      buffer: ArrayBuffer;
+      /** Where in `buffer` the region starts. */
+      byteOffset: number;
+      /** The region's length in bytes. */
+      size: number;
+    };
 
 /** Largest address we accept as a JS number: 2^52 keeps every sum of address + length exact. */
 const MAX_ADDR = 2 ** 52;

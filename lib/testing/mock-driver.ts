@@ -47,15 +47,21 @@ import {
 
 /** Where one queue's three parts live. */
 export interface QueueLayout {
+  /** Queue size (entries). */
   size: number;
+  /** Descriptor table address. */
   descTable: number;
+  /** Available ring address. */
   availRing: number;
+  /** Used ring address. */
   usedRing: number;
 }
 
 /** One buffer of a chain as the driver describes it. */
 export interface MockBuffer {
+  /** Guest address. */
   addr: number;
+  /** Length in bytes. */
   len: number;
   /** Device-writable (VIRTQ_DESC_F_WRITE). */
   write?: boolean;
@@ -63,14 +69,22 @@ export interface MockBuffer {
 
 /** One used ring element. */
 export interface UsedElem {
+  /** Head index of the completed chain. */
   id: number;
+  /** Bytes the device wrote. */
   len: number;
 }
 
 /** Bump allocator over guest memory, for rings, tables and data buffers. */
 export class BumpAllocator {
   private next: number;
+  /**
+   * @param mem the memory to allocate in
+   * @param start first address handed out
+   * @param end end of the allocatable range
+   */
   constructor(
+    /** The memory allocated from. */
     readonly mem: GuestMemory,
     start = 0x1000,
     private readonly end = mem.totalSize,
@@ -104,7 +118,9 @@ export function allocQueueLayout(alloc: BumpAllocator, size: number): QueueLayou
 
 /** The driver side of one split virtqueue. */
 export class MockVirtqueue {
+  /** Guest memory holding the rings. */
   readonly mem: GuestMemory;
+  /** Where the rings are. */
   readonly layout: QueueLayout;
   /** Driver's shadow of avail idx (free-running u16). */
   availIdx = 0;
@@ -249,14 +265,22 @@ export class MockVirtqueue {
 
 /** Drives a virtio-mmio transport (any {@link BusDevice}) through its registers, 32 bits at a time. */
 export class MockMmioDriver {
+  /**
+   * @param bus the transport's register window (an `MmioTransport`)
+   * @param mem guest memory the queues live in
+   */
   constructor(
+    /** The register window driven. */
     readonly bus: BusDevice,
+    /** Guest memory the queues live in. */
     readonly mem: GuestMemory,
   ) {}
 
+  /** A 32-bit register read. */
   read32(offset: number): number {
     return this.bus.read(offset, 4) >>> 0;
   }
+  /** A 32-bit register write. */
   write32(offset: number, value: number): void {
     this.bus.write(offset, 4, value >>> 0);
   }
@@ -278,9 +302,11 @@ export class MockMmioDriver {
     this.write32(VIRTIO_MMIO_DRIVER_FEATURES, Number((features >> 32n) & 0xffffffffn));
   }
 
+  /** The device status register. */
   status(): number {
     return this.read32(VIRTIO_MMIO_STATUS);
   }
+  /** Writes the device status register. */
   setStatus(v: number): void {
     this.write32(VIRTIO_MMIO_STATUS, v);
   }
@@ -326,6 +352,7 @@ export class MockMmioDriver {
     return this.read32(VIRTIO_MMIO_QUEUE_NUM_MAX);
   }
 
+  /** Adds DRIVER_OK to the status. */
   driverOk(): void {
     this.addStatus(VIRTIO_STATUS_DRIVER_OK);
   }
@@ -361,23 +388,36 @@ export class MockMmioDriver {
 
 /** An IrqLine that records what the transport did to it. */
 export class MockIrq implements IrqLine {
+  /** Edge triggers seen. */
   triggers = 0;
+  /** Current level. */
   level = false;
+  /** Level changes seen. */
   levelChanges = 0;
+  /** Records a level change. */
   setLevel(level: boolean): void {
     this.level = level;
     this.levelChanges++;
   }
+  /** Records an edge. */
   trigger(): void {
     this.triggers++;
   }
+}
+
+/** Counters of {@link EchoDevice}. */
+export interface EchoMetrics {
+  /** Chains seen. */
+  requests: number;
+  /** Malformed chains seen. */
+  malformed: number;
 }
 
 /**
  * Test device: for each chain, copies the readable bytes into the writable buffers (as many as
  * fit) and completes it with the number of bytes written; malformed chains complete with 0.
  */
-export class EchoDevice implements VirtioDevice<{ requests: number; malformed: number }> {
+export class EchoDevice implements VirtioDevice<EchoMetrics> {
   /** A device type no real driver binds to. */
   readonly deviceType = 0x7e;
   /** Device id. */
@@ -388,10 +428,15 @@ export class EchoDevice implements VirtioDevice<{ requests: number; malformed: n
   readonly stateVersion = 1;
   readonly deviceFeatures: bigint;
   readonly queueMaxSizes: readonly number[];
+  /** The context while activated. */
   ctx: VirtioDeviceContext | null = null;
+  /** 16 bytes of config space, readable and writable. */
   config = new Uint8Array(16);
+  /** Chains seen. */
   requests = 0;
+  /** Malformed chains seen. */
   malformed = 0;
+  /** Driver resets seen. */
   resets = 0;
   /** When set, processQueue rethrows pop errors instead of swallowing them. */
   propagatePopErrors = false;
@@ -404,21 +449,26 @@ export class EchoDevice implements VirtioDevice<{ requests: number; malformed: n
     this.deviceFeatures = deviceFeatures;
   }
 
+  /** Reads config space bytes. */
   readConfig(offset: number, size: number): number {
     let v = 0;
     for (let i = 0; i < size; i++) v |= (offset + i < this.config.length ? this.config[offset + i] : 0) << (8 * i);
     return v >>> 0;
   }
+  /** Writes config space bytes. */
   writeConfig(offset: number, size: number, value: number): void {
     for (let i = 0; i < size; i++) if (offset + i < this.config.length) this.config[offset + i] = (value >>> (8 * i)) & 0xff;
   }
+  /** Keeps the context. */
   activate(ctx: VirtioDeviceContext): void {
     this.ctx = ctx;
   }
+  /** Drops the context. */
   reset(): void {
     this.ctx = null;
     this.resets++;
   }
+  /** Echoes every available chain. */
   processQueue(queueIndex: number): void {
     const ctx = this.ctx;
     if (!ctx) return;
@@ -449,13 +499,15 @@ export class EchoDevice implements VirtioDevice<{ requests: number; malformed: n
     }
     if (used && q.needsNotification(mem)) ctx.interrupt.signalUsedQueue(queueIndex);
   }
-  metrics(): { requests: number; malformed: number } {
+  /** Chains seen and malformed ones. */
+  metrics(): EchoMetrics {
     return { requests: this.requests, malformed: this.malformed };
   }
   /** The config bytes (the device has no per-request state: it completes every chain at once). */
   saveState(): StateObject {
     return { config: encodeBytes(this.config) };
   }
+  /** Restores the config bytes. */
   restoreState(state: StateObject): void {
     const config = stateField.bytes(state, 'config', this.config.length);
     this.config.fill(0);

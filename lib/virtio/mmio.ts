@@ -104,23 +104,33 @@ export interface TransportMetrics {
 
 /** Saved state of a {@link MmioTransport} (see {@link MmioTransport.saveState}). */
 export interface MmioTransportState extends StateObject {
+  /** Status register (§2.1). */
   deviceStatus: number;
+  /** InterruptStatus. */
   interruptStatus: number;
+  /** ConfigGeneration. */
   configGeneration: number;
+  /** DeviceFeaturesSel. */
   deviceFeaturesSel: number;
+  /** DriverFeaturesSel. */
   driverFeaturesSel: number;
-  /** u64 as a decimal string. */
+  /** Driver features, a u64 as a decimal string. */
   driverFeatures: string;
+  /** QueueSel. */
   queueSel: number;
+  /** SHMSel. */
   shmSel: number;
+  /** The device was activated (DRIVER_OK with valid queues). */
   activated: boolean;
+  /** The device failed and waits for a reset. */
   halted: boolean;
+  /** A config change waits for DRIVER_OK to be announced. */
   configChangePending: boolean;
   /** Per queue: descLo, descHi, driverLo, driverHi, deviceLo, deviceHi as the driver wrote them. */
   queueAddressRegs: number[][];
   /** Per queue: {@link QueueState}. */
   queues: StateObject[];
-  /** The device's own {@link Device.saveState}. */
+  /** The device's own saved state (its `saveState()`). */
   device: StateObject;
 }
 

@@ -5,8 +5,10 @@
  * @module
  */
 import * as fs from 'fs';
-import { ConfigError } from './errors';
-import type { RateLimiterConfig } from '../ratelimit';
+import { ConfigError, checkOneOf, checkOptionsObject } from '../config';
+import type { DriveConfig } from '../devices/block/config';
+
+export type { DriveOptions, DriveConfig, DriveUpdate } from '../devices/block/config';
 
 /** Smallest and largest vCPU counts (the MP table and our APIC ID scheme cover 32). */
 export const MIN_VCPUS = 1;
@@ -34,27 +36,11 @@ export interface KernelOptions {
   initrd?: string;
 }
 
-/** Options of `MicroVM.drive()`: a virtio-blk device backed by a host file. */
-export interface DriveOptions {
-  /** Host path of the backing file (a raw disk image). */
-  path: string;
-  /** Expose the drive read-only (VIRTIO_BLK_F_RO) and open the file O_RDONLY. */
-  readOnly?: boolean;
-  /** Make this the root drive: `/dev/vda` and `root=/dev/vda rw|ro` (or `root=PARTUUID=`). */
-  root?: boolean;
-  /** With `root`, boot from this partition UUID instead of the whole disk. */
-  partuuid?: string;
-  /**
-   * `'unsafe'` (default): no FLUSH feature, writes reach the page cache only.
-   * `'writeback'`: offer FLUSH and complete it only after fdatasync.
-   */
-  cacheType?: 'unsafe' | 'writeback';
-  /** Throttle the drive's bytes and/or operations. */
-  rateLimiter?: RateLimiterConfig;
-}
-
 /** How host quirks are chosen: detected, forced on (emulated KVM), or forced off. */
 export type HostQuirksMode = 'auto' | 'emulated-kvm' | 'none';
+
+/** The keys {@link MicroVMOptions} may have. */
+const MICROVM_OPTION_KEYS = ['id', 'kvmPath', 'hostQuirks'] as const;
 
 /** Options of the MicroVM constructor. */
 export interface MicroVMOptions {
@@ -69,16 +55,17 @@ export interface MicroVMOptions {
   hostQuirks?: HostQuirksMode;
 }
 
-/** A validated drive. */
-export interface DriveConfig extends DriveOptions {
-  /** The drive's id (also its virtio-blk serial). */
+/** A virtio device to build at `start()`: its kind, id and validated configuration. */
+export interface DeviceSpec {
+  /** A registered {@link DeviceKind}'s kind. */
+  kind: string;
+  /** The device's id. */
   id: string;
-  readOnly: boolean;
-  root: boolean;
-  cacheType: 'unsafe' | 'writeback';
+  /** The configuration the kind's validator returned (plain data). */
+  config: { id: string };
 }
 
-/** The complete, validated configuration a VM starts from. */
+/** The complete, validated configuration a VM starts from. Plain data. */
 export interface VmConfig {
   id: string;
   kvmPath: string;
@@ -86,29 +73,27 @@ export interface VmConfig {
   vcpus: number;
   memoryMib: number;
   kernel?: { path: string; cmdline: string; initrd?: string };
+  /** Drives, in the order given (the root drive is attached first at start). */
   drives: DriveConfig[];
+  /** Other virtio devices, in builder order, attached after the drives. */
+  devices: DeviceSpec[];
 }
 
 const ID_RE = /^[A-Za-z0-9._-]{1,64}$/;
 
 /** Checks the constructor options and returns the initial configuration. */
-export function initialConfig(opts: MicroVMOptions = {}): VmConfig {
-  if (opts === null || typeof opts !== 'object') {
-    throw new ConfigError('INVALID_OPTION', 'MicroVM options must be an object');
-  }
+export function initialConfig(options: unknown = {}): VmConfig {
+  const opts = checkOptionsObject(options, MICROVM_OPTION_KEYS, 'MicroVM options', 'INVALID_OPTION') as MicroVMOptions;
   const id = opts.id ?? `vm-${process.pid}-${Math.random().toString(36).slice(2, 8)}`;
   if (typeof id !== 'string' || !ID_RE.test(id)) {
     throw new ConfigError('INVALID_ID', `id ${JSON.stringify(id)} must be 1-64 characters of [A-Za-z0-9._-]`);
   }
-  const hostQuirks = opts.hostQuirks ?? 'auto';
-  if (!['auto', 'emulated-kvm', 'none'].includes(hostQuirks)) {
-    throw new ConfigError('INVALID_OPTION', `hostQuirks must be 'auto', 'emulated-kvm' or 'none', not ${JSON.stringify(hostQuirks)}`);
-  }
+  const hostQuirks = checkOneOf(opts.hostQuirks, 'hostQuirks', 'INVALID_OPTION', ['auto', 'emulated-kvm', 'none'] as const, 'auto');
   const kvmPath = opts.kvmPath ?? '/dev/kvm';
   if (typeof kvmPath !== 'string' || kvmPath.length === 0) {
     throw new ConfigError('INVALID_OPTION', 'kvmPath must be a non-empty string');
   }
-  return { id, kvmPath, hostQuirks, vcpus: 1, memoryMib: 128, drives: [] };
+  return { id, kvmPath, hostQuirks, vcpus: 1, memoryMib: 128, drives: [], devices: [] };
 }
 
 /** Validates a vCPU count. */
@@ -159,9 +144,7 @@ export function checkKernel(path: unknown, opts: KernelOptions = {}): { path: st
   if (!isFile(path)) {
     throw new ConfigError('KERNEL_NOT_FOUND', `kernel image not found or not a regular file: ${path}`);
   }
-  if (opts === null || typeof opts !== 'object') {
-    throw new ConfigError('INVALID_OPTION', 'kernel options must be an object');
-  }
+  checkOptionsObject(opts, ['cmdline', 'initrd'], 'kernel options', 'INVALID_OPTION');
   const cmdline = checkCmdline(opts.cmdline ?? DEFAULT_CMDLINE);
   if (opts.initrd !== undefined) {
     if (typeof opts.initrd !== 'string' || !isFile(opts.initrd)) {
@@ -171,69 +154,24 @@ export function checkKernel(path: unknown, opts: KernelOptions = {}): { path: st
   return { path, cmdline, initrd: opts.initrd };
 }
 
-/** Validates a rate limiter's shape (the limiter module checks the numbers again). */
-function checkRateLimiter(where: string, rl: unknown): void {
-  if (rl === undefined) return;
-  if (rl === null || typeof rl !== 'object') {
-    throw new ConfigError('INVALID_DRIVE', `${where}: rateLimiter must be an object`);
-  }
-  for (const key of ['bandwidth', 'ops'] as const) {
-    const b = (rl as Record<string, unknown>)[key];
-    if (b === undefined) continue;
-    if (b === null || typeof b !== 'object') throw new ConfigError('INVALID_DRIVE', `${where}: rateLimiter.${key} must be an object`);
-    const tb = b as Record<string, unknown>;
-    for (const f of ['size', 'refillTime', 'oneTimeBurst']) {
-      const v = tb[f];
-      if (v === undefined && f === 'oneTimeBurst') continue;
-      if (typeof v !== 'number' || !Number.isFinite(v) || v < 0) {
-        throw new ConfigError('INVALID_DRIVE', `${where}: rateLimiter.${key}.${f} must be a finite number ≥ 0`);
-      }
-    }
-  }
-}
-
-/** Validates `drive()`'s arguments against the drives already configured. */
-export function checkDrive(id: unknown, opts: DriveOptions, existing: DriveConfig[]): DriveConfig {
-  if (typeof id !== 'string' || !ID_RE.test(id) || Buffer.byteLength(id) > MAX_DRIVE_ID_BYTES) {
-    throw new ConfigError('INVALID_DRIVE', `drive id ${JSON.stringify(id)} must be 1-${MAX_DRIVE_ID_BYTES} characters of [A-Za-z0-9._-]`);
-  }
-  if (existing.some((d) => d.id === id)) {
-    throw new ConfigError('DUPLICATE_DRIVE', `drive ${id} is already configured`);
-  }
-  if (opts === null || typeof opts !== 'object' || typeof opts.path !== 'string') {
-    throw new ConfigError('INVALID_DRIVE', `drive ${id}: options with a string path are required`);
-  }
-  if (!isFile(opts.path)) {
-    throw new ConfigError('DRIVE_NOT_FOUND', `drive ${id}: backing file not found or not a regular file: ${opts.path}`);
-  }
-  const cacheType = opts.cacheType ?? 'unsafe';
-  if (cacheType !== 'unsafe' && cacheType !== 'writeback') {
-    throw new ConfigError('INVALID_DRIVE', `drive ${id}: cacheType must be 'unsafe' or 'writeback'`);
-  }
-  const root = opts.root ?? false;
-  if (root && existing.some((d) => d.root)) {
-    throw new ConfigError('MULTIPLE_ROOT_DRIVES', `drive ${id}: only one drive can be the root drive`);
-  }
-  if (opts.partuuid !== undefined) {
-    if (!root) throw new ConfigError('INVALID_DRIVE', `drive ${id}: partuuid only applies to the root drive`);
-    if (!/^[0-9A-Fa-f-]{1,36}$/.test(opts.partuuid)) throw new ConfigError('INVALID_DRIVE', `drive ${id}: partuuid ${JSON.stringify(opts.partuuid)} is not a UUID`);
-  }
-  checkRateLimiter(`drive ${id}`, opts.rateLimiter);
-  return { ...opts, id, readOnly: opts.readOnly ?? false, root, cacheType };
-}
-
 /**
- * The command line the guest gets: the user's, then `root=` for a root drive, then one
- * `virtio_mmio.device=` per device (Linux's CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES syntax),
- * then host-quirk additions. Checked against the kernel's limit.
+ * The command line the guest gets: the user's, then `root=` for a root drive (attached first, so
+ * `/dev/vda`), then the devices' `virtio_mmio.device=` announcements (Linux's
+ * CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES syntax), then host-quirk additions. Checked against the
+ * kernel's limit.
+ * @throws ConfigError INVALID_CMDLINE
  */
-export function composeCmdline(base: string, parts: { root?: DriveConfig; rootIndex?: number; mmio: { base: number; irq: number }[]; extra: string[] }): string {
+export function composeCmdline(base: string, parts: { root?: DriveConfig; announcements: readonly string[]; extra: readonly string[] }): string {
   const tokens = [base.trim()];
   if (parts.root) {
-    const dev = parts.root.partuuid ? `PARTUUID=${parts.root.partuuid}` : `/dev/vd${String.fromCharCode(97 + (parts.rootIndex ?? 0))}`;
+    const dev = parts.root.partuuid ? `PARTUUID=${parts.root.partuuid}` : '/dev/vda';
     tokens.push(`root=${dev}`, parts.root.readOnly ? 'ro' : 'rw');
   }
-  for (const d of parts.mmio) tokens.push(`virtio_mmio.device=4K@0x${d.base.toString(16)}:${d.irq}`);
-  tokens.push(...parts.extra);
+  tokens.push(...parts.announcements, ...parts.extra);
   return checkCmdline(tokens.filter((t) => t.length > 0).join(' '));
+}
+
+/** Drives in attach order: the root drive first, the others as given. */
+export function orderedDrives(drives: readonly DriveConfig[]): DriveConfig[] {
+  return [...drives].sort((a, b) => Number(b.root) - Number(a.root));
 }

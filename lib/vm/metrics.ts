@@ -2,9 +2,11 @@
  * The shape of `vm.metrics()`.
  * @module
  */
-
-/** Counters of one device; every device has at least requests/bytes/errors where they apply. */
-export type DeviceMetrics = Record<string, number>;
+import type { SerialMetrics } from '../devices/serial/serial';
+import type { I8042Metrics } from '../devices/i8042/i8042';
+import type { BlockMetrics } from '../devices/block/device';
+import type { TransportMetrics } from '../virtio/mmio';
+import type { DeviceMetricsEntry } from './device-manager';
 
 /**
  * vCPU exits handled in JavaScript. UART status polls answered from the native read cache and
@@ -25,7 +27,13 @@ export interface ExitCounters {
   unmapped: number;
 }
 
-/** A snapshot of a VM's counters. Numbers only, so it serializes as JSON as it is. */
+/** A drive's counters: the device's and its virtio-mmio transport's. */
+export type DriveMetrics = BlockMetrics & {
+  /** The transport's counters (interrupts, configuration changes, resets…). */
+  transport: TransportMetrics;
+};
+
+/** A snapshot of a VM's counters. Numbers only (and strings for ids and kinds), so it serializes as JSON. */
 export interface VmMetrics {
   /** The VM's id. */
   id: string;
@@ -34,9 +42,13 @@ export interface VmMetrics {
   /** vCPU exits that reached JavaScript, by kind. */
   exits: ExitCounters;
   /** The 16550 UART. */
-  serial: DeviceMetrics;
+  serial: SerialMetrics;
   /** The i8042 controller. */
-  i8042: DeviceMetrics;
-  /** virtio-blk devices by drive id: the device's counters plus its transport's. */
-  drives: Record<string, DeviceMetrics>;
+  i8042: I8042Metrics;
+  /** virtio-blk devices by drive id. */
+  drives: Record<string, DriveMetrics>;
+  /** Every device of the machine by id (legacy, built-in and custom), with its kind. */
+  devices: Record<string, DeviceMetricsEntry>;
+  /** Devices whose close failed at teardown (details in the exit info). */
+  closeErrors: number;
 }

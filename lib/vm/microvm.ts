@@ -6,22 +6,25 @@ import { EventEmitter } from 'eventemitter3';
 import type { Duplex } from 'stream';
 import { loadNative } from '../native/binding';
 import type { NativeAddon } from '../native/types';
+import { ConfigError, describe } from '../config';
+import * as cpu from '../cpu';
+import type { VirtioDevice } from '../virtio/device';
+import { checkDriveOptions, checkDriveUpdate, type DriveOptions, type DriveUpdate } from '../devices/block/config';
 import {
-  VmConfig, MicroVMOptions, KernelOptions, DriveOptions,
-  initialConfig, checkVcpus, checkMemory, checkKernel, checkDrive,
+  VmConfig, MicroVMOptions, KernelOptions,
+  initialConfig, checkVcpus, checkMemory, checkKernel, composeCmdline, orderedDrives,
 } from './config';
-import { ConfigError } from './errors';
-import { Machine, ExitInfo, MAX_VIRTIO_DEVICES } from './machine';
+import { startMachine, type MachineHandle, type ExitInfo } from './machine';
+import { MAX_VIRTIO_DEVICES, announcement, virtioPlacement } from './device-manager';
 import { SerialStream } from './serial-stream';
 import type { VmMetrics } from './metrics';
-import type { RateLimiterConfig } from '../ratelimit';
 
 /** Lifecycle states, in order. A VM never goes back. */
 export type VmState = 'configuring' | 'starting' | 'running' | 'stopping' | 'exited';
 
 /** Events a MicroVM emits. */
 export interface MicroVMEvents {
-  /** Guest UART output, in order, in chunks. */
+  /** Guest UART output, in order, in chunks (at most one chunk per event-loop turn). */
   serial: (chunk: Buffer) => void;
   /** The VM has ended and released its resources. */
   exit: (info: ExitInfo) => void;
@@ -37,25 +40,33 @@ export interface MicroVMEvents {
  * const info = await vm.wait();
  * ```
  *
- * Builder methods validate at once and throw {@link ConfigError}; they are refused after `start()`.
+ * Builder methods validate at once and throw {@link ConfigError} (an unknown option included);
+ * they are refused after `start()`. A configuration the builder accepted does not fail `start()`
+ * on validation: `start()` fails only for what only the host can tell (KVM missing, a file that
+ * vanished, a kernel image that does not load).
  */
 export class MicroVM extends EventEmitter<MicroVMEvents> {
   private readonly config: VmConfig;
+  private readonly customDevices = new Map<string, VirtioDevice>();
   private stateValue: VmState = 'configuring';
-  private machine: Machine | undefined;
+  private handle: MachineHandle | undefined;
+  private starting: Promise<void> | undefined;
   private serialStream: SerialStream | undefined;
   private exitInfo: ExitInfo | undefined;
   private readonly exitPromise: Promise<ExitInfo>;
   private resolveExit!: (info: ExitInfo) => void;
   private readonly addonLoader: () => NativeAddon;
+  /** Host quirks as detected at construction: they decide the command-line additions. */
+  private readonly quirks: cpu.HostQuirks;
 
   /**
    * @param options id, KVM device path and host-quirk mode; all optional.
-   * @throws ConfigError INVALID_ID / INVALID_OPTION
+   * @throws ConfigError INVALID_ID / INVALID_OPTION / UNKNOWN_OPTION
    */
   constructor(options: MicroVMOptions = {}) {
     super();
     this.config = initialConfig(options);
+    this.quirks = this.config.hostQuirks === 'auto' ? cpu.detectHostQuirks() : { emulatedKvm: this.config.hostQuirks === 'emulated-kvm' };
     this.exitPromise = new Promise((resolve) => { this.resolveExit = resolve; });
     this.addonLoader = loadNative;
   }
@@ -72,7 +83,7 @@ export class MicroVM extends EventEmitter<MicroVMEvents> {
 
   /** The command line the guest was booted with (empty before start). */
   get cmdline(): string {
-    return this.machine?.cmdline ?? '';
+    return this.handle?.cmdline ?? '';
   }
 
   private configurable(): void {
@@ -103,25 +114,71 @@ export class MicroVM extends EventEmitter<MicroVMEvents> {
 
   /**
    * The kernel: an ELF64 image (vmlinux, or any image following the 64-bit boot protocol) or a bzImage.
-   * @throws ConfigError KERNEL_NOT_FOUND (the message names the path) / INITRD_NOT_FOUND / INVALID_CMDLINE
+   * @throws ConfigError KERNEL_NOT_FOUND (the message names the path) / INITRD_NOT_FOUND / INVALID_CMDLINE / UNKNOWN_OPTION
    */
   kernel(path: string, options: KernelOptions = {}): this {
     this.configurable();
-    this.config.kernel = checkKernel(path, options);
+    const kernel = checkKernel(path, options);
+    this.checkCmdlineFits({ ...this.config, kernel });
+    this.config.kernel = kernel;
     return this;
   }
 
   /**
-   * Adds a virtio-blk drive backed by a host file.
-   * @throws ConfigError INVALID_DRIVE / DRIVE_NOT_FOUND / DUPLICATE_DRIVE / MULTIPLE_ROOT_DRIVES / TOO_MANY_DEVICES
+   * Adds a virtio-blk drive backed by a host file. The root drive is announced first (`/dev/vda`),
+   * the others in the order they were added.
+   * @throws ConfigError INVALID_DRIVE / DRIVE_NOT_FOUND / DUPLICATE_DRIVE / MULTIPLE_ROOT_DRIVES /
+   *   INVALID_RATE_LIMITER / UNKNOWN_OPTION / TOO_MANY_DEVICES / INVALID_CMDLINE
    */
   drive(id: string, options: DriveOptions): this {
     this.configurable();
-    if (this.config.drives.length >= MAX_VIRTIO_DEVICES) {
+    const drive = checkDriveOptions(id, options, this.config.drives);
+    this.checkDeviceId(drive.id);
+    this.checkCmdlineFits({ ...this.config, drives: [...this.config.drives, drive] });
+    this.config.drives.push(drive);
+    return this;
+  }
+
+  /**
+   * Attaches a virtio device of your own (see {@link VirtioDevice} and `kindling/testing` for
+   * unit-testing it without KVM). It gets the next virtio-mmio window and interrupt after the
+   * drives and the devices added before it, and is announced to the guest on the command line;
+   * the machine calls its `close()` at teardown.
+   * @throws ConfigError INVALID_DEVICE (not a virtio device) / DUPLICATE_ID / TOO_MANY_DEVICES / INVALID_CMDLINE
+   */
+  device(device: VirtioDevice): this {
+    this.configurable();
+    checkVirtioDevice(device);
+    this.checkDeviceId(device.id);
+    const spec = { kind: 'custom', id: device.id, config: { id: device.id } };
+    this.checkCmdlineFits({ ...this.config, devices: [...this.config.devices, spec] });
+    this.config.devices.push(spec);
+    this.customDevices.set(device.id, device);
+    return this;
+  }
+
+  private checkDeviceId(id: string): void {
+    if (this.config.drives.some((d) => d.id === id) || this.config.devices.some((d) => d.id === id) || id === 'serial' || id === 'i8042') {
+      throw new ConfigError('DUPLICATE_ID', `a device with id ${id} is already configured`);
+    }
+  }
+
+  /**
+   * The kernel command line must hold the user's command line and every device announcement:
+   * checked whenever either changes, so that `start()` never finds it too long.
+   */
+  private checkCmdlineFits(next: VmConfig): void {
+    const count = next.drives.length + next.devices.length;
+    if (count > MAX_VIRTIO_DEVICES) {
       throw new ConfigError('TOO_MANY_DEVICES', `at most ${MAX_VIRTIO_DEVICES} virtio devices fit the interrupt controller`);
     }
-    this.config.drives.push(checkDrive(id, options, this.config.drives));
-    return this;
+    if (!next.kernel) return;
+    const announcements = Array.from({ length: count }, (_, i) => announcement(virtioPlacement(i)));
+    composeCmdline(next.kernel.cmdline, {
+      root: orderedDrives(next.drives).find((d) => d.root),
+      announcements,
+      extra: this.quirks.emulatedKvm ? cpu.quirkCmdlineArgs() : [],
+    });
   }
 
   /**
@@ -131,49 +188,60 @@ export class MicroVM extends EventEmitter<MicroVMEvents> {
   get serial(): Duplex {
     if (!this.serialStream) {
       this.serialStream = new SerialStream();
-      if (this.machine) this.serialStream.attach({ offer: (b) => this.machine!.offerSerialInput(b) });
+      if (this.handle && this.stateValue !== 'exited') this.attachSerial();
       if (this.stateValue === 'exited') this.serialStream.vmEnded();
     }
     return this.serialStream;
   }
 
+  private attachSerial(): void {
+    const handle = this.handle!;
+    this.serialStream?.attach({ offer: (b) => handle.serialInput(b) });
+  }
+
   /**
    * Creates the VM and starts its vCPUs; resolves once they run.
-   * @throws ConfigError NO_KERNEL / ALREADY_STARTED; VmError when KVM is missing or refuses; BootError for a bad image
+   * @throws ConfigError NO_KERNEL / ALREADY_STARTED; VmError when KVM is missing or refuses;
+   *   BootError for an image that does not load; a device's error when it cannot be built
    */
   async start(): Promise<void> {
     this.configurable();
     if (!this.config.kernel) throw new ConfigError('NO_KERNEL', 'call kernel() before start()');
     this.stateValue = 'starting';
+    this.starting = this.doStart();
+    return this.starting;
+  }
+
+  private async doStart(): Promise<void> {
     try {
-      const addon = this.addonLoader();
-      this.machine = await Machine.create(this.config, addon, {
-        serialOutput: (bytes) => {
-          const chunk = Buffer.from(bytes);
-          this.emit('serial', chunk);
-          this.serialStream?.output(chunk);
+      this.handle = await startMachine(this.config, {
+        addon: this.addonLoader(),
+        customDevices: this.customDevices,
+        events: {
+          serialOutput: (bytes) => {
+            const chunk = Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+            this.emit('serial', chunk);
+            this.serialStream?.output(chunk);
+          },
+          serialInputSpace: () => this.serialStream?.inputSpace(),
+          exited: (info) => this.onExited(info),
         },
-        serialInputSpace: () => this.serialStream?.inputSpace(),
-        exited: (info) => this.onExited(info),
       });
     } catch (e) {
-      this.stateValue = 'exited';
-      const info: ExitInfo = { reason: 'error', message: (e as Error).message };
-      this.exitInfo = info;
-      this.serialStream?.vmEnded();
-      this.resolveExit(info);
+      this.onExited({ reason: 'error', message: (e as Error).message }, false);
       throw e;
     }
     if (this.stateValue === 'starting') this.stateValue = 'running';
-    this.serialStream?.attach({ offer: (b) => this.machine!.offerSerialInput(b) });
+    if (this.stateValue !== 'exited') this.attachSerial();
   }
 
-  private onExited(info: ExitInfo): void {
+  private onExited(info: ExitInfo, emit = true): void {
+    if (this.stateValue === 'exited') return;
     this.stateValue = 'exited';
     this.exitInfo = info;
     this.serialStream?.vmEnded();
     this.resolveExit(info);
-    this.emit('exit', info);
+    if (emit) this.emit('exit', info);
   }
 
   /** Resolves when the VM ends, with why. */
@@ -183,67 +251,104 @@ export class MicroVM extends EventEmitter<MicroVMEvents> {
 
   /**
    * Stops the VM (if it runs) and releases its threads, memory and fds. Idempotent; resolves with
-   * the exit info (reason `'stopped'` unless the VM had already ended for another reason).
+   * the exit info (reason `'stopped'` unless the VM had already ended for another reason). Never
+   * rejects: a device that fails to close is reported in the exit info's `closeErrors`.
    */
   async stop(): Promise<ExitInfo> {
     if (this.stateValue === 'configuring') {
-      this.stateValue = 'exited';
-      this.exitInfo = { reason: 'stopped' };
-      this.resolveExit(this.exitInfo);
-      return this.exitInfo;
+      this.onExited({ reason: 'stopped' }, false);
+      return this.exitPromise;
     }
     if (this.stateValue === 'starting') {
       // Let start() finish (or fail) first; then stop what it built.
-      await new Promise<void>((r) => setImmediate(r));
-      return this.stop();
+      await this.starting!.catch(() => undefined);
     }
-    if (this.machine && this.stateValue === 'running') {
+    if (this.handle && this.stateValue === 'running') {
       this.stateValue = 'stopping';
-      await this.machine.stop();
+      await this.handle.stop();
     }
     return this.exitPromise;
   }
 
-  /** Presses Ctrl+Alt+Del on the guest's keyboard (Linux then reboots, i.e. exits with `'reset'` under `reboot=k`). */
-  sendCtrlAltDel(): void {
-    if (this.stateValue !== 'running' || !this.machine) {
+  private running(): MachineHandle {
+    if (this.stateValue !== 'running' || !this.handle) {
       throw new ConfigError('NOT_RUNNING', `VM ${this.config.id} is ${this.stateValue}`);
     }
-    this.machine.sendCtrlAltDel();
+    return this.handle;
+  }
+
+  /**
+   * Presses Ctrl+Alt+Del on the guest's keyboard (Linux then reboots, i.e. exits with `'reset'`
+   * under `reboot=k`).
+   * @throws ConfigError NOT_RUNNING
+   */
+  sendCtrlAltDel(): Promise<void> {
+    return this.running().sendCtrlAltDel();
   }
 
   /**
    * Changes a drive while the VM runs: a new backing file (the guest gets a config-change
-   * interrupt and sees the new capacity) and/or a new rate limiter.
-   * @throws ConfigError NOT_RUNNING / DRIVE_NOT_FOUND / INVALID_DRIVE
+   * interrupt and sees the new capacity) and/or new rate limits.
+   * @throws ConfigError NOT_RUNNING / DEVICE_NOT_FOUND / INVALID_DRIVE / DRIVE_NOT_FOUND /
+   *   INVALID_RATE_LIMITER / UNKNOWN_OPTION (thrown at the call, before anything changes)
    */
-  async updateDrive(id: string, update: { path?: string; rateLimiter?: RateLimiterConfig }): Promise<void> {
-    if (this.stateValue !== 'running' || !this.machine) {
-      throw new ConfigError('NOT_RUNNING', `VM ${this.config.id} is ${this.stateValue}`);
+  updateDrive(id: string, update: DriveUpdate): Promise<void> {
+    if (typeof id !== 'string' || !this.config.drives.some((d) => d.id === id)) {
+      throw new ConfigError('DEVICE_NOT_FOUND', `no drive ${describe(id)}`);
     }
-    const current = this.config.drives.find((d) => d.id === id);
-    if (!current) throw new ConfigError('DRIVE_NOT_FOUND', `no drive ${id}`);
-    // Re-run the builder's checks on the merged options (the duplicate check excludes itself).
-    const others = this.config.drives.filter((d) => d !== current);
-    checkDrive(id, { ...current, path: update.path ?? current.path, rateLimiter: update.rateLimiter ?? current.rateLimiter }, others);
-    await this.machine.updateDrive(id, update);
+    const checked = checkDriveUpdate(id, update);
+    return this.running().updateDevice(id, checked);
   }
 
   /** Counters of the VM and every device. */
-  metrics(): VmMetrics {
-    if (this.machine) return this.machine.metrics(this.stateValue);
-    return {
-      id: this.config.id,
-      state: this.stateValue,
-      exits: { pioReads: 0, pioWrites: 0, mmioReads: 0, mmioWrites: 0, events: 0, unmapped: 0 },
-      serial: {},
-      i8042: {},
-      drives: {},
-    };
+  async metrics(): Promise<VmMetrics> {
+    const base = { id: this.config.id, state: this.stateValue };
+    if (this.handle) return { ...base, ...(await this.handle.metrics()), state: this.stateValue };
+    return { ...base, ...emptyMetrics() };
   }
 
   /** Exit info once the VM has ended, else undefined. */
   get exitStatus(): ExitInfo | undefined {
     return this.exitInfo;
+  }
+}
+
+/** Counters of a VM that has not run: every device's zeros. */
+function emptyMetrics(): Omit<VmMetrics, 'id' | 'state'> {
+  const serial = {
+    txBytes: 0, outputChunks: 0, outputErrors: 0, inputBytes: 0, inputRefused: 0, rxBytes: 0, rxDiscarded: 0, overruns: 0,
+    loopbackBytes: 0, interrupts: 0, reads: 0, writes: 0, ignoredWrites: 0, emptyReads: 0, rxFifoLevel: 0, pendingOutput: 0,
+  };
+  const i8042 = {
+    commands: 0, unknownCommands: 0, dataWrites: 0, kbdCommands: 0, bytesRead: 0, emptyReads: 0, ignoredAccesses: 0,
+    droppedBytes: 0, interrupts: 0, resets: 0, ctrlAltDels: 0, keysInjected: 0, injectRefused: 0, queuedBytes: 0,
+  };
+  return {
+    exits: { pioReads: 0, pioWrites: 0, mmioReads: 0, mmioWrites: 0, events: 0, unmapped: 0 },
+    serial,
+    i8042,
+    drives: {},
+    devices: {},
+    closeErrors: 0,
+  };
+}
+
+/** Checks that a user's device object has the virtio device contract's members. */
+function checkVirtioDevice(d: unknown): asserts d is VirtioDevice {
+  const bad = (what: string) => new ConfigError('INVALID_DEVICE', `device(): ${what}`);
+  if (d === null || typeof d !== 'object') throw bad('expects a VirtioDevice object');
+  const o = d as Record<string, unknown>;
+  if (typeof o.id !== 'string' || !/^[A-Za-z0-9._-]{1,64}$/.test(o.id)) throw bad(`id ${describe(o.id)} must be 1-64 characters of [A-Za-z0-9._-]`);
+  if (typeof o.kind !== 'string' || o.kind.length === 0) throw bad('kind must be a non-empty string');
+  if (typeof o.stateVersion !== 'number' || !Number.isInteger(o.stateVersion)) throw bad('stateVersion must be an integer');
+  if (typeof o.deviceType !== 'number' || !Number.isInteger(o.deviceType) || o.deviceType <= 0 || o.deviceType > 0xffff) throw bad('deviceType must be a virtio device ID');
+  if (typeof o.deviceFeatures !== 'bigint') throw bad('deviceFeatures must be a bigint');
+  const sizes = o.queueMaxSizes;
+  if (!Array.isArray(sizes) || sizes.length === 0 || sizes.length > 64 ||
+      sizes.some((n) => typeof n !== 'number' || !Number.isInteger(n) || n < 1 || n > 32768 || (n & (n - 1)) !== 0)) {
+    throw bad('queueMaxSizes must list 1-64 queue sizes, each a power of two ≤ 32768');
+  }
+  for (const m of ['readConfig', 'writeConfig', 'activate', 'processQueue', 'reset', 'metrics', 'saveState', 'restoreState', 'close']) {
+    if (typeof o[m] !== 'function') throw bad(`${m}() is missing`);
   }
 }

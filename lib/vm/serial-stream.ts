@@ -5,10 +5,10 @@
  */
 import { Duplex } from 'stream';
 
-/** Where the stream's written bytes go: the UART's receive FIFO (or a buffer before start). */
+/** Where the stream's written bytes go: the UART's receive FIFO. */
 export interface SerialSink {
-  /** Offers bytes to the guest; returns how many were taken (0..bytes.length). */
-  offer(bytes: Uint8Array): number;
+  /** Offers bytes to the guest; resolves with how many were taken (0..bytes.length). */
+  offer(bytes: Uint8Array): Promise<number>;
 }
 
 /**
@@ -20,6 +20,10 @@ export class SerialStream extends Duplex {
   private sink: SerialSink | undefined;
   private pending: { bytes: Uint8Array; cb: (err?: Error | null) => void } | undefined;
   private ended = false;
+  /** An offer is on its way to the machine: the next one waits for its answer. */
+  private offering = false;
+  /** Space was announced while an offer was out: offer again when it returns. */
+  private retry = false;
   /** Bytes written after the VM ended (they have nowhere to go). */
   discardedBytes = 0;
 
@@ -35,11 +39,28 @@ export class SerialStream extends Duplex {
 
   /** The guest made room in its receive FIFO: continue a held write. */
   inputSpace(): void {
+    if (this.offering) {
+      this.retry = true;
+      return;
+    }
     const p = this.pending;
-    if (!p || !this.sink) return;
-    const n = this.sink.offer(p.bytes);
+    const sink = this.sink;
+    if (!p || !sink) return;
+    this.offering = true;
+    this.retry = false;
+    sink.offer(p.bytes).then(
+      (n) => this.offered(p, n),
+      () => this.offered(p, 0),
+    );
+  }
+
+  private offered(p: NonNullable<SerialStream['pending']>, n: number): void {
+    this.offering = false;
+    if (this.pending !== p) return; // the VM ended meanwhile and released the write
     if (n < p.bytes.length) {
       p.bytes = p.bytes.subarray(n);
+      // The FIFO filled: wait for the guest to drain it, unless it already said it did.
+      if (this.retry) this.inputSpace();
       return;
     }
     this.pending = undefined;

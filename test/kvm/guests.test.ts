@@ -90,7 +90,7 @@ describeKvm('freestanding guests on KVM', () => {
     const echoes = run.lines.filter((l) => l.startsWith('echo='));
     expect(echoes).toEqual(['echo=hello kindling', 'echo=second line', 'echo=quit']);
     expect(Number(run.kv.get('irqs'))).toBeGreaterThan(0);
-    expect(vm.metrics().serial.rxBytes).toBe('hello kindling\nsecond line\nquit\n'.length);
+    expect((await vm.metrics()).serial.rxBytes).toBe('hello kindling\nsecond line\nquit\n'.length);
   });
 
   it('reports a triple fault as shutdown', async () => {

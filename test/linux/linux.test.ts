@@ -95,8 +95,8 @@ describeLinux(`Linux guest (${KERNEL})`, () => {
     expect(presses).toBeGreaterThan(0);
     expect(info.reason).toBe('reset');
     expect(out).toMatch(/reboot: Restarting system/);
-    expect(vm.metrics().i8042.ctrlAltDels).toBeGreaterThan(0);
-    expect(vm.metrics().i8042.ctrlAltDels).toBeLessThanOrEqual(presses);
+    expect((await vm.metrics()).i8042.ctrlAltDels).toBeGreaterThan(0);
+    expect((await vm.metrics()).i8042.ctrlAltDels).toBeLessThanOrEqual(presses);
   });
 
   it('tells the guest about a swapped backing file: Linux sees the new capacity', async () => {
@@ -125,7 +125,7 @@ describeLinux(`Linux guest (${KERNEL})`, () => {
     console.log(`Linux drive-swap boot ended after ${((Date.now() - t0) / 1000).toFixed(1)} s`);
     expect(out).toMatch(/\[vda\] 16384 512-byte logical blocks/);
     expect(out).toMatch(/\[vda\] new size: 49152 512-byte logical blocks/);
-    expect(vm.metrics().drives.data.backendSwaps).toBe(1);
+    expect((await vm.metrics()).drives.data.backendSwaps).toBe(1);
   });
 
   it('mounts an ext4 root drive read-write, and a read-only one without changing it', async () => {

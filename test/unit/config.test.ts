@@ -3,7 +3,8 @@ import * as os from 'os';
 import * as path from 'path';
 import { MicroVM } from '../../lib/vm/microvm';
 import { ConfigError } from '../../lib/vm/errors';
-import { composeCmdline, checkDrive, DEFAULT_CMDLINE } from '../../lib/vm/config';
+import { composeCmdline, DEFAULT_CMDLINE } from '../../lib/vm/config';
+import { checkDriveOptions as checkDrive } from '../../lib/devices/block/config';
 
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'kindling-config-'));
 const kernel = path.join(tmp, 'vmlinux');
@@ -46,7 +47,11 @@ describe('MicroVM builder validation', () => {
   it('rejects a missing initrd and a command line over 2048 bytes', () => {
     expect(codeOf(() => new MicroVM().kernel(kernel, { initrd: path.join(tmp, 'nope') }))).toBe('INITRD_NOT_FOUND');
     expect(codeOf(() => new MicroVM().kernel(kernel, { cmdline: 'x'.repeat(2048) }))).toBe('INVALID_CMDLINE');
-    expect(() => new MicroVM().kernel(kernel, { cmdline: 'x'.repeat(2047) })).not.toThrow();
+    expect(() => new MicroVM({ hostQuirks: 'none' }).kernel(kernel, { cmdline: 'x'.repeat(2047) })).not.toThrow();
+    // The builder counts what the machine will add: the emulated-KVM workarounds, device announcements.
+    expect(codeOf(() => new MicroVM({ hostQuirks: 'emulated-kvm' }).kernel(kernel, { cmdline: 'x'.repeat(2000) }))).toBe('INVALID_CMDLINE');
+    const full = new MicroVM({ hostQuirks: 'none' }).kernel(kernel, { cmdline: 'x'.repeat(2013) }); // + ' virtio_mmio.device=4K@0xd0000000:5' = 2048 > 2047
+    expect(codeOf(() => full.drive('d0', { path: disk }))).toBe('INVALID_CMDLINE');
     expect(codeOf(() => new MicroVM().kernel(kernel, { cmdline: 'console=ttyS0\n' }))).toBe('INVALID_CMDLINE');
   });
 
@@ -60,8 +65,8 @@ describe('MicroVM builder validation', () => {
     expect(codeOf(() => vm.drive('r2', { path: disk, root: true }))).toBe('MULTIPLE_ROOT_DRIVES');
     expect(codeOf(() => vm.drive('d1', { path: disk, cacheType: 'fast' as 'unsafe' }))).toBe('INVALID_DRIVE');
     expect(codeOf(() => vm.drive('d2', { path: disk, partuuid: 'abc' }))).toBe('INVALID_DRIVE');
-    expect(codeOf(() => vm.drive('d3', { path: disk, rateLimiter: { bandwidth: { size: -1, refillTime: 10 } } }))).toBe('INVALID_DRIVE');
-    expect(codeOf(() => vm.drive('d4', { path: disk, rateLimiter: { ops: { size: 10, refillTime: Infinity } } }))).toBe('INVALID_DRIVE');
+    expect(codeOf(() => vm.drive('d3', { path: disk, rateLimiter: { bandwidth: { size: -1, refillTime: 10 } } }))).toBe('INVALID_RATE_LIMITER');
+    expect(codeOf(() => vm.drive('d4', { path: disk, rateLimiter: { ops: { size: 10, refillTime: Infinity } } }))).toBe('INVALID_RATE_LIMITER');
     expect(() => vm.drive('d5', { path: disk, readOnly: true, rateLimiter: { ops: { size: 100, refillTime: 1000, oneTimeBurst: 10 } } })).not.toThrow();
   });
 
@@ -83,8 +88,8 @@ describe('MicroVM builder validation', () => {
     expect(await vm.wait()).toEqual({ reason: 'stopped' });
   });
 
-  it('reports metrics before start', () => {
-    const m = new MicroVM({ id: 'm1' }).metrics();
+  it('reports metrics before start', async () => {
+    const m = await new MicroVM({ id: 'm1' }).metrics();
     expect(m.id).toBe('m1');
     expect(m.state).toBe('configuring');
   });
@@ -93,14 +98,14 @@ describe('MicroVM builder validation', () => {
 describe('command line composition', () => {
   const root = checkDrive('rootfs', { path: disk, root: true }, []);
   it('announces devices in order and names the root drive', () => {
-    const c = composeCmdline(DEFAULT_CMDLINE, { root, mmio: [{ base: 0xd0000000, irq: 5 }, { base: 0xd0001000, irq: 6 }], extra: ['nopvspin'] });
+    const c = composeCmdline(DEFAULT_CMDLINE, { root, announcements: ['virtio_mmio.device=4K@0xd0000000:5', 'virtio_mmio.device=4K@0xd0001000:6'], extra: ['nopvspin'] });
     expect(c).toBe(`${DEFAULT_CMDLINE} root=/dev/vda rw virtio_mmio.device=4K@0xd0000000:5 virtio_mmio.device=4K@0xd0001000:6 nopvspin`);
   });
   it('uses PARTUUID and ro when asked', () => {
     const r = checkDrive('rootfs', { path: disk, root: true, readOnly: true, partuuid: '1234abcd-01' }, []);
-    expect(composeCmdline('console=ttyS0', { root: r, mmio: [], extra: [] })).toBe('console=ttyS0 root=PARTUUID=1234abcd-01 ro');
+    expect(composeCmdline('console=ttyS0', { root: r, announcements: [], extra: [] })).toBe('console=ttyS0 root=PARTUUID=1234abcd-01 ro');
   });
   it('fails when the additions push it past the limit', () => {
-    expect(() => composeCmdline('x'.repeat(2040), { mmio: [{ base: 0xd0000000, irq: 5 }], extra: [] })).toThrow(ConfigError);
+    expect(() => composeCmdline('x'.repeat(2040), { announcements: ['virtio_mmio.device=4K@0xd0000000:5'], extra: [] })).toThrow(ConfigError);
   });
 });

@@ -124,7 +124,7 @@ const bump = (m: Map<string, number>, k: string) => m.set(k, (m.get(k) ?? 0) + 1
  * Plays the device side on `q` like a real device (disable, pop until null, echo, addUsed,
  * needsNotification, enableNotification) and checks every property. Returns a failure message or null.
  */
-function exercise(q: Queue, opts: { undoEvery: number; disable: boolean }): string | null {
+function exercise(q: Queue, opts: { undoEvery: number; disable: boolean; refill?: boolean }): string | null {
   const before = new Uint32Array(words);
   const valid = q.validate(mem) === null;
   mem.outOfRange = 0;
@@ -166,6 +166,11 @@ function exercise(q: Queue, opts: { undoEvery: number; disable: boolean }): stri
           written = w.written;
         }
         q.addUsed(mem, c.headIndex, written);
+        // A driver that republishes as fast as the device completes: only the pop budget ends this.
+        if (opts.refill && mem.checkRange(q.availRing + 2, 2)) {
+          allowed.push({ start: q.availRing + 2, end: q.availRing + 4 });
+          mem.writeU16(q.availRing + 2, (mem.readU16(q.availRing + 2) + 1) & 0xffff);
+        }
       }
       q.needsNotification(mem);
     } while (q.enableNotification(mem) && ++steps < budget + 64);
@@ -228,6 +233,7 @@ const worldArb = fc.record({
   availFlags: u16,
   undoEvery: fc.constantFrom(0, 0, 0, 2, 3),
   disable: fc.boolean(),
+  refill: fc.constantFrom(false, false, false, true),
 });
 
 function writeDesc(table: number, i: number, [addr, len, flags, next]: [bigint, number, number, number]): void {

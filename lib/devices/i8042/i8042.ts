@@ -16,6 +16,7 @@
  */
 
 import type { BusDevice, IrqLine } from '../../bus';
+import { DeviceError, stateField, type Device, type StateObject, type StateValue } from '../contract';
 import {
   CMD_AUX_DISABLE,
   CMD_AUX_ENABLE,
@@ -93,8 +94,49 @@ interface OutByte {
 /** A keyboard command that takes a parameter byte. */
 type KbdParamCommand = typeof KBD_CMD_SET_LEDS | typeof KBD_CMD_SET_REPEAT | typeof KBD_CMD_SCANCODE_SET;
 
+/** Counters of the i8042 (in `vm.metrics().i8042`). */
+export interface I8042Metrics {
+  /** Controller commands (port 0x64). */
+  readonly commands: number;
+  /** Commands not implemented. */
+  readonly unknownCommands: number;
+  /** Data port writes. */
+  readonly dataWrites: number;
+  /** Bytes sent to the keyboard. */
+  readonly kbdCommands: number;
+  /** Output buffer bytes read by the guest. */
+  readonly bytesRead: number;
+  /** Data port reads with nothing in the output buffer. */
+  readonly emptyReads: number;
+  /** Accesses to ports nothing decodes. */
+  readonly ignoredAccesses: number;
+  /** Bytes dropped because a queue was full or nothing listens. */
+  readonly droppedBytes: number;
+  /** IRQ 1 assertions. */
+  readonly interrupts: number;
+  /** CPU reset pulses. */
+  readonly resets: number;
+  /** Ctrl+Alt+Del sequences injected. */
+  readonly ctrlAltDels: number;
+  /** Keys injected. */
+  readonly keysInjected: number;
+  /** Injections refused (scanning off or no room). */
+  readonly injectRefused: number;
+  /** Bytes waiting for the guest. */
+  readonly queuedBytes: number;
+}
+
+/** Version of {@link I8042.saveState}'s format. */
+export const I8042_STATE_VERSION = 1;
+
 /** The i8042 controller and keyboard; see the module notes. */
-export class I8042 implements BusDevice {
+export class I8042 implements BusDevice, Device<I8042Metrics> {
+  /** Device id. */
+  readonly id: string;
+  /** Device kind. */
+  readonly kind = 'i8042';
+  /** See {@link I8042_STATE_VERSION}. */
+  readonly stateVersion = I8042_STATE_VERSION;
   private readonly effects: I8042Effects;
 
   private ctr = CTR_INITIAL;
@@ -133,9 +175,13 @@ export class I8042 implements BusDevice {
     injectRefused: 0,
   };
 
-  /** @param effects IRQ 1 and the reset callback. */
-  constructor(effects: I8042Effects) {
+  /**
+   * @param effects IRQ 1 and the reset callback.
+   * @param id device id (default `'i8042'`)
+   */
+  constructor(effects: I8042Effects, id = 'i8042') {
     this.effects = effects;
+    this.id = id;
   }
 
   // ---------------------------------------------------------------------------------------------
@@ -176,9 +222,68 @@ export class I8042 implements BusDevice {
   }
 
   /** Counters: commands, bytes, interrupts, resets and injected keys. */
-  metrics(): Record<string, number> {
+  metrics(): I8042Metrics {
     return { ...this.counters, queuedBytes: this.kbdQueue.length + this.ctlQueue.length + (this.outputBuffer ? 1 : 0) };
   }
+
+  /** Controller and keyboard registers, the output buffer and both queues. */
+  saveState(): StateObject {
+    const ob = (b: OutByte) => [b.value, b.aux];
+    return {
+      ctr: this.ctr,
+      outputPort: this.outputPort,
+      outputBuffer: this.outputBuffer ? ob(this.outputBuffer) : null,
+      ctlQueue: this.ctlQueue.map(ob),
+      kbdQueue: [...this.kbdQueue],
+      pendingCommand: this.pendingCommand ?? null,
+      lastWriteWasCommand: this.lastWriteWasCommand,
+      lastDataRead: this.lastDataRead,
+      scanning: this.scanning,
+      kbdPendingParam: this.kbdPendingParam ?? null,
+      kbdLastSent: this.kbdLastSent,
+    };
+  }
+
+  /** See {@link saveState}. Re-drives IRQ 1 to match. */
+  restoreState(state: StateObject): void {
+    const byte = (k: string) => stateField.int(state, k, 0, 0xff);
+    const bad = (k: string) => new DeviceError('BAD_STATE', `i8042 state field ${k} is malformed`);
+    const outByte = (v: StateValue, k: string): OutByte => {
+      if (!Array.isArray(v) || v.length !== 2 || typeof v[0] !== 'number' || !Number.isInteger(v[0]) || v[0] < 0 || v[0] > 0xff || typeof v[1] !== 'boolean') throw bad(k);
+      return { value: v[0], aux: v[1] };
+    };
+    const ctr = byte('ctr');
+    const outputPort = byte('outputPort');
+    const outputBuffer = state.outputBuffer === null ? undefined : outByte(state.outputBuffer, 'outputBuffer');
+    const ctlQueue = stateField.arr(state, 'ctlQueue', CTL_QUEUE_CAPACITY).map((v) => outByte(v, 'ctlQueue'));
+    const kbdQueue = stateField.arr(state, 'kbdQueue', KBD_QUEUE_CAPACITY).map((v) => {
+      if (typeof v !== 'number' || !Number.isInteger(v) || v < 0 || v > 0xff) throw bad('kbdQueue');
+      return v;
+    });
+    const pendingCommand = state.pendingCommand === null ? undefined : byte('pendingCommand');
+    const param = state.kbdPendingParam;
+    if (param !== null && param !== KBD_CMD_SET_LEDS && param !== KBD_CMD_SET_REPEAT && param !== KBD_CMD_SCANCODE_SET) throw bad('kbdPendingParam');
+    const lastWriteWasCommand = stateField.bool(state, 'lastWriteWasCommand');
+    const lastDataRead = byte('lastDataRead');
+    const scanning = stateField.bool(state, 'scanning');
+    const kbdLastSent = byte('kbdLastSent');
+    this.ctr = ctr;
+    this.outputPort = outputPort;
+    this.outputBuffer = outputBuffer;
+    this.ctlQueue.splice(0, this.ctlQueue.length, ...ctlQueue);
+    this.kbdQueue.splice(0, this.kbdQueue.length, ...kbdQueue);
+    this.pendingCommand = pendingCommand;
+    this.lastWriteWasCommand = lastWriteWasCommand;
+    this.lastDataRead = lastDataRead;
+    this.scanning = scanning;
+    this.kbdPendingParam = param === null ? undefined : (param as KbdParamCommand);
+    this.kbdLastSent = kbdLastSent;
+    this.irqLevel = !(outputBuffer !== undefined && !outputBuffer.aux && (ctr & CTR_KBDINT) !== 0);
+    this.updateIrq();
+  }
+
+  /** Holds nothing outside its own state. */
+  async close(): Promise<void> {}
 
   // ---------------------------------------------------------------------------------------------
   // Ports

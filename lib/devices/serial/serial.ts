@@ -17,6 +17,7 @@
  */
 
 import { KindlingError } from '../../errors';
+import { encodeBytes, stateField, type Device, type StateObject } from '../contract';
 import type { BusDevice, IrqLine } from '../../bus';
 import {
   DEFAULT_OUTPUT_CHUNK,
@@ -112,10 +113,57 @@ export interface SerialOptions {
   rxFifoCapacity?: number;
   /** Output bytes collected before they are delivered synchronously; default 4096. */
   outputChunkBytes?: number;
+  /** Device id (default `'serial'`). */
+  id?: string;
 }
 
+/** Counters of the UART (in `vm.metrics().serial`). */
+export interface SerialMetrics {
+  /** Bytes the guest transmitted (THR writes outside loopback). */
+  readonly txBytes: number;
+  /** Output chunks delivered to the host. */
+  readonly outputChunks: number;
+  /** Output callbacks that threw. */
+  readonly outputErrors: number;
+  /** Host input bytes accepted into the receive FIFO. */
+  readonly inputBytes: number;
+  /** Host input bytes refused because the FIFO was full (offered again later). */
+  readonly inputRefused: number;
+  /** Bytes the guest read from RBR. */
+  readonly rxBytes: number;
+  /** Bytes the guest discarded by clearing the FIFO. */
+  readonly rxDiscarded: number;
+  /** Loopback overruns. */
+  readonly overruns: number;
+  /** Bytes looped back. */
+  readonly loopbackBytes: number;
+  /** Interrupts raised. */
+  readonly interrupts: number;
+  /** Register reads. */
+  readonly reads: number;
+  /** Register writes. */
+  readonly writes: number;
+  /** Writes to read-only registers. */
+  readonly ignoredWrites: number;
+  /** RBR reads with nothing to read. */
+  readonly emptyReads: number;
+  /** Bytes in the receive FIFO now. */
+  readonly rxFifoLevel: number;
+  /** Output bytes not yet delivered. */
+  readonly pendingOutput: number;
+}
+
+/** Version of {@link Serial.saveState}'s format. */
+export const SERIAL_STATE_VERSION = 1;
+
 /** A 16550A UART; see the module notes for what is and is not modelled. */
-export class Serial implements BusDevice {
+export class Serial implements BusDevice, Device<SerialMetrics> {
+  /** Device id. */
+  readonly id: string;
+  /** Device kind. */
+  readonly kind = 'serial';
+  /** See {@link SERIAL_STATE_VERSION}. */
+  readonly stateVersion = SERIAL_STATE_VERSION;
   private readonly effects: SerialEffects;
 
   // Registers.
@@ -184,6 +232,7 @@ export class Serial implements BusDevice {
     if (!Number.isInteger(chunk) || chunk < 1 || chunk > 1 << 24) {
       throw new SerialError('BAD_OPTION', `outputChunkBytes must be an integer in 1..${1 << 24}, got ${chunk}`);
     }
+    this.id = options.id ?? 'serial';
     this.effects = effects;
     this.rx = new Uint8Array(cap);
     this.outChunk = chunk;
@@ -288,8 +337,57 @@ export class Serial implements BusDevice {
   }
 
   /** Counters: bytes in each direction, interrupts raised, and anomalies. */
-  metrics(): Record<string, number> {
+  metrics(): SerialMetrics {
     return { ...this.counters, rxFifoLevel: this.rxCount, pendingOutput: this.outLen };
+  }
+
+  /**
+   * Registers, the receive FIFO's contents and the interrupt conditions. Output collected but not
+   * yet delivered is delivered first (it belongs to the host, not to the device's state).
+   */
+  saveState(): StateObject {
+    this.flush();
+    const rx = new Uint8Array(this.rxCount);
+    for (let i = 0; i < this.rxCount; i++) rx[i] = this.rx[(this.rxHead + i) % this.rx.length];
+    return {
+      dll: this.dll, dlm: this.dlm, ier: this.ier, lcr: this.lcr, mcr: this.mcr, scr: this.scr,
+      fifoEnabled: this.fifoEnabled, lsrErrors: this.lsrErrors, msrDeltas: this.msrDeltas,
+      threPending: this.threPending, rx: encodeBytes(rx), inputBlocked: this.inputBlocked,
+    };
+  }
+
+  /** See {@link saveState}. Re-drives the IRQ line and the LSR cache to match. */
+  restoreState(state: StateObject): void {
+    const byte = (k: string) => stateField.int(state, k, 0, 0xff);
+    const v = {
+      dll: byte('dll'), dlm: byte('dlm'), ier: byte('ier') & IER_MASK, lcr: byte('lcr'), mcr: byte('mcr') & MCR_MASK,
+      scr: byte('scr'), fifoEnabled: stateField.bool(state, 'fifoEnabled'), lsrErrors: byte('lsrErrors') & LSR_ERROR_BITS,
+      msrDeltas: byte('msrDeltas') & MSR_DELTA_BITS, threPending: stateField.bool(state, 'threPending'),
+      rx: stateField.bytes(state, 'rx', this.rx.length), inputBlocked: stateField.bool(state, 'inputBlocked'),
+    };
+    this.dll = v.dll;
+    this.dlm = v.dlm;
+    this.ier = v.ier;
+    this.lcr = v.lcr;
+    this.mcr = v.mcr;
+    this.scr = v.scr;
+    this.fifoEnabled = v.fifoEnabled;
+    this.lsrErrors = v.lsrErrors;
+    this.msrDeltas = v.msrDeltas;
+    this.threPending = v.threPending;
+    this.rx.set(v.rx);
+    this.rxHead = 0;
+    this.rxCount = v.rx.length;
+    this.inputBlocked = v.inputBlocked;
+    // Force the line and the cache to be re-published.
+    this.irqLevel = !(this.pendingId() !== IIR_NO_INT);
+    this.lastPublishedLsr = undefined;
+    this.afterChange(true);
+  }
+
+  /** Delivers pending output; the UART holds nothing else. */
+  async close(): Promise<void> {
+    this.flush();
   }
 
   // ---------------------------------------------------------------------------------------------
