@@ -729,8 +729,14 @@ export class MmioTransport implements BusDevice {
     this.halted = state.halted;
     this.configChangePending = state.configChangePending;
     this.activated = false;
-    if (state.activated) this.activateDevice();
-    this.device.restoreState(state.device as StateObject);
+    try {
+      if (state.activated) this.activateDevice();
+      this.device.restoreState(state.device as StateObject);
+    } catch (e) {
+      // The device refused its part: leave transport and device as they were before, at reset.
+      this.reset();
+      throw e;
+    }
     if (this.interruptStatus !== 0) {
       if (this.levelIrq) this.setIrqLevel(true);
       else this.safeTrigger();

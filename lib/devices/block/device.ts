@@ -9,7 +9,8 @@
  * @module
  */
 
-import { ChainReader, ChainWriter, type DescriptorChain } from '../../virtio/chain';
+import type { ChainWriter, DescriptorChain } from '../../virtio/chain';
+import { parseRequest, isRequestError } from './request';
 import { VIRTIO_ID_BLOCK, featureBit, hasFeature } from '../../virtio/constants';
 import type { VirtioDevice, VirtioDeviceContext } from '../../virtio/device';
 import { DeviceError, stateField, type StateObject } from '../contract';
@@ -21,7 +22,6 @@ import {
   BLK_CONFIG_CAPACITY,
   BLK_CONFIG_SEG_MAX,
   BLK_CONFIG_SIZE,
-  BLK_REQ_HEADER_SIZE,
   BLK_REQ_STATUS_SIZE,
   SECTOR_SIZE,
   VIRTIO_BLK_F_BLK_SIZE,
@@ -205,6 +205,8 @@ export class BlockDevice implements VirtioDevice<BlockMetrics> {
   /** Heads of the requests of the current activation whose backend I/O has not completed. */
   private readonly inFlightHeads = new Set<number>();
   private readonly retired = new Set<BlockBackend>();
+  /** {@link drain} callers waiting for the last in-flight operation. */
+  private drainWaiters: (() => void)[] = [];
   private readonly configScratch = new DataView(new ArrayBuffer(BLK_CONFIG_SIZE));
 
   private readonly counters = {
@@ -312,6 +314,8 @@ export class BlockDevice implements VirtioDevice<BlockMetrics> {
     this.ctx = ctx;
     this.flushNegotiated = hasFeature(ctx.ackedFeatures, VIRTIO_BLK_F_FLUSH);
     this.notifyPending = false;
+    // A notification scheduled under the previous context never runs (the scheduler drops it).
+    this.notifyScheduled = false;
   }
 
   /**
@@ -324,6 +328,7 @@ export class BlockDevice implements VirtioDevice<BlockMetrics> {
     this.ctx = null;
     this.flushNegotiated = false;
     this.notifyPending = false;
+    this.notifyScheduled = false;
   }
 
   /**
@@ -365,34 +370,24 @@ export class BlockDevice implements VirtioDevice<BlockMetrics> {
   }
 
   /**
-   * Parses and starts one request. Returns false if it was throttled and pushed back.
-   * `resubmit`: a request restored from a snapshot, already admitted by the limiter before it.
+   * Parses ({@link parseRequest}), throttles, counts and starts one request. Returns false if it
+   * was throttled and pushed back. `resubmit`: a request restored from a snapshot, already
+   * admitted by the limiter before it.
    */
   private startRequest(ctx: VirtioDeviceContext, queue: Queue, chain: DescriptorChain, resubmit = false): boolean {
     const c = this.counters;
-    const mem = ctx.mem;
-    if (chain.error !== undefined || chain.writableLength < BLK_REQ_STATUS_SIZE) {
-      // No status byte to write: complete with nothing written, and count it.
+    const req = parseRequest(ctx.mem, chain, this.capacity);
+    if (isRequestError(req) && req.error === 'malformed') {
       c.malformedChains++;
       c.errors++;
-      this.addUsed(ctx, queue, chain.headIndex, 0);
+      // No status byte at all: complete with nothing written.
+      if (req.status === undefined) this.addUsed(ctx, queue, chain.headIndex, 0);
+      else this.finish({ epoch: this.epoch, headIndex: chain.headIndex, status: req.status }, VIRTIO_BLK_S_IOERR, 0);
       return true;
     }
-    const writer = new ChainWriter(mem, chain);
-    const done: Completion = { epoch: this.epoch, headIndex: chain.headIndex, status: writer.reserveTail(BLK_REQ_STATUS_SIZE) };
-    if (chain.readableLength < BLK_REQ_HEADER_SIZE) {
-      c.malformedChains++;
-      c.errors++;
-      this.finish(done, VIRTIO_BLK_S_IOERR, 0);
-      return true;
-    }
-    const reader = new ChainReader(mem, chain);
-    const type = reader.readU32();
-    reader.skip(4); // reserved
-    const sector = reader.readU64();
-
+    const type = isRequestError(req) ? req.requestType : req.type;
     const isData = type === VIRTIO_BLK_T_IN || type === VIRTIO_BLK_T_OUT;
-    const dataLen = type === VIRTIO_BLK_T_IN ? writer.remaining : type === VIRTIO_BLK_T_OUT ? reader.remaining : 0;
+    const dataLen = isRequestError(req) ? req.length : 'length' in req ? req.length : 0;
     const limiter = resubmit ? undefined : this.limiter;
     if (limiter !== undefined) {
       if (!limiter.consume(1, 'ops')) {
@@ -408,33 +403,30 @@ export class BlockDevice implements VirtioDevice<BlockMetrics> {
       }
     }
 
-    switch (type) {
+    if (type === VIRTIO_BLK_T_IN) c.readRequests++;
+    else if (type === VIRTIO_BLK_T_OUT) c.writeRequests++;
+    const done: Completion = { epoch: this.epoch, headIndex: chain.headIndex, status: req.status! };
+    if (isRequestError(req)) {
+      c.invalidRequests++;
+      c.errors++;
+      this.finish(done, VIRTIO_BLK_S_IOERR, 0);
+      return true;
+    }
+    switch (req.type) {
       case VIRTIO_BLK_T_IN:
-      case VIRTIO_BLK_T_OUT: {
-        const isRead = type === VIRTIO_BLK_T_IN;
-        if (isRead) c.readRequests++;
-        else c.writeRequests++;
-        // IN data is all writable (nothing readable after the header); OUT data all readable.
-        const layoutOk = isRead ? reader.remaining === 0 : writer.remaining === 0;
-        const offset = this.checkedOffset(sector, dataLen);
-        if (!layoutOk || offset < 0) {
-          c.invalidRequests++;
-          c.errors++;
-          this.finish(done, VIRTIO_BLK_S_IOERR, 0);
-          return true;
-        }
-        if (!isRead && this.readOnly) {
+        this.startRead(done, req.data, req.offset);
+        return true;
+      case VIRTIO_BLK_T_OUT:
+        if (this.readOnly) {
           // §5.2.6.2: a read-only device fails writes and must not write any data.
           c.readOnlyWrites++;
           c.errors++;
           this.finish(done, VIRTIO_BLK_S_IOERR, 0);
           return true;
         }
-        if (isRead) this.startRead(done, writer.views(dataLen), offset);
-        else this.startWrite(done, reader.views(dataLen), offset);
+        this.startWrite(done, req.data, req.offset);
         return true;
-      }
-      case VIRTIO_BLK_T_FLUSH: {
+      case VIRTIO_BLK_T_FLUSH:
         c.flushRequests++;
         if (!this.flushNegotiated) {
           c.unsupported++;
@@ -443,11 +435,10 @@ export class BlockDevice implements VirtioDevice<BlockMetrics> {
         }
         this.startFlush(done);
         return true;
-      }
       case VIRTIO_BLK_T_GET_ID: {
         c.getIdRequests++;
-        const n = Math.min(VIRTIO_BLK_ID_BYTES, writer.remaining);
-        writer.write(this.idBytes.subarray(0, n));
+        const n = Math.min(VIRTIO_BLK_ID_BYTES, req.id.remaining);
+        req.id.write(this.idBytes.subarray(0, n));
         this.finish(done, VIRTIO_BLK_S_OK, n);
         return true;
       }
@@ -456,18 +447,6 @@ export class BlockDevice implements VirtioDevice<BlockMetrics> {
         this.finish(done, VIRTIO_BLK_S_UNSUPP, 0);
         return true;
     }
-  }
-
-  /**
-   * Byte offset of `sector`, or -1 if the request is not whole sectors or does not lie within
-   * the capacity.
-   */
-  private checkedOffset(sector: bigint, len: number): number {
-    if (len % SECTOR_SIZE !== 0) return -1;
-    const capacity = BigInt(this.capacity);
-    const sectors = BigInt(len / SECTOR_SIZE);
-    if (sector > capacity || sector + sectors > capacity) return -1;
-    return Number(sector) * SECTOR_SIZE;
   }
 
   private startRead(done: Completion, views: Uint8Array[], offset: number): void {
@@ -557,6 +536,7 @@ export class BlockDevice implements VirtioDevice<BlockMetrics> {
       } catch {
         c.queueErrors++;
       }
+      if (c.inFlight === 0 && this.drainWaiters.length > 0) for (const w of this.drainWaiters.splice(0)) w();
     });
   }
 
@@ -592,7 +572,7 @@ export class BlockDevice implements VirtioDevice<BlockMetrics> {
     // Completions arriving in one event-loop turn share a single interrupt.
     if (!this.notifyScheduled) {
       this.notifyScheduled = true;
-      setImmediate(() => {
+      ctx.schedule(() => {
         this.notifyScheduled = false;
         this.flushNotify();
       });
@@ -609,7 +589,7 @@ export class BlockDevice implements VirtioDevice<BlockMetrics> {
         ctx.interrupt.signalUsedQueue(REQUEST_QUEUE);
       }
     } catch {
-      // Runs from setImmediate too, where a throw would be an uncaught exception.
+      // Runs from the scheduler too, where a throw would be an uncaught exception.
       this.counters.queueErrors++;
     }
   }
@@ -695,10 +675,9 @@ export class BlockDevice implements VirtioDevice<BlockMetrics> {
    * or been dropped): what a pause waits for before a snapshot, so that drive contents and guest
    * memory agree. Requests still throttled stay in the avail ring and are not waited for.
    */
-  async drain(): Promise<void> {
-    while (this.counters.inFlight > 0) {
-      await new Promise<void>((resolve) => setImmediate(resolve));
-    }
+  drain(): Promise<void> {
+    if (this.counters.inFlight === 0) return Promise.resolve();
+    return new Promise((resolve) => this.drainWaiters.push(resolve));
   }
 
   /**
