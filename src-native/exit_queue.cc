@@ -133,9 +133,13 @@ Verdict VmCore::SubmitEvent(VcpuCore& v, std::unique_ptr<EventInfo> info) {
 void VmCore::Park(VcpuCore& v) {
   std::unique_lock<std::mutex> lk(mu_);
   if (!pausing.load() || stopping.load()) return;
+  // Wait for *a* resume, not for `pausing` to be false: a pause that follows a resume before
+  // this thread woke up sets `pausing` again, and the thread must still come out, see it, and
+  // park anew (otherwise that pause waits forever for a thread ResumeAll marked running).
+  const uint64_t epoch = resumeEpoch_;
   v.state = VcpuState::kParked;
   quiesceCv_.notify_all();
-  parkCv_.wait(lk, [&] { return !pausing.load() || stopping.load(); });
+  parkCv_.wait(lk, [&] { return resumeEpoch_ != epoch || stopping.load(); });
   v.state = VcpuState::kRunning;
 }
 
@@ -255,6 +259,7 @@ void VmCore::PauseAll() {
 void VmCore::ResumeAll() {
   std::lock_guard<std::mutex> lk(mu_);
   pausing.store(false);
+  resumeEpoch_++;
   for (auto& v : vcpus) {
     if (v->state == VcpuState::kParked) v->state = VcpuState::kRunning;
   }

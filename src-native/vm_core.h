@@ -194,6 +194,7 @@ class VmCore {
   std::deque<ExitRecord> queue_;
   uint64_t nextSeq_ = 1;
   bool signalPending_ = false;
+  uint64_t resumeEpoch_ = 0;  // bumped by ResumeAll; parked vCPUs wait for it to change
   std::condition_variable parkCv_;     // parked vCPUs wait here for resume/stop
   std::condition_variable quiesceCv_;  // pauseVcpus waits here
   std::condition_variable spaceCv_;    // posted writes wait here while the queue is full

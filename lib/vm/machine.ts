@@ -91,6 +91,13 @@ export interface MachineHandle {
   updateDevice(id: string, update: unknown): Promise<void>;
   /** Counters of the machine and every device. */
   metrics(): Promise<Omit<VmMetrics, 'id' | 'state'>>;
+  /**
+   * Parks every vCPU outside KVM_RUN (devices go on completing what the guest already asked for;
+   * their interrupts are delivered on resume). Idempotent.
+   */
+  pause(): Promise<void>;
+  /** Lets paused vCPUs run again. Idempotent. */
+  resume(): Promise<void>;
   /** Stops the machine; resolves once everything is released, with how it ended. */
   stop(): Promise<ExitInfo>;
 }
@@ -210,6 +217,7 @@ class Machine implements MachineHandle {
   private runningVcpus = 0;
   private exit: ExitInfo | undefined;
   private ended = false;
+  private paused = false;
   private teardownDone: Promise<ExitInfo> | undefined;
   private closeErrors = 0;
   private readonly quirks: cpu.HostQuirks;
@@ -382,6 +390,21 @@ class Machine implements MachineHandle {
 
   async stop(): Promise<ExitInfo> {
     return this.finish({ reason: 'stopped' });
+  }
+
+  async pause(): Promise<void> {
+    if (this.ended || this.paused) return;
+    this.paused = true;
+    this.vm.pauseVcpus();
+    // A vCPU that was waiting for an answer (an MMIO or port read) counts as parked; answer it
+    // now so that it completes its instruction and parks properly.
+    this.flushExits();
+  }
+
+  async resume(): Promise<void> {
+    if (this.ended || !this.paused) return;
+    this.paused = false;
+    this.vm.resumeVcpus();
   }
 
   async serialInput(bytes: Uint8Array): Promise<number> {

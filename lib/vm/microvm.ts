@@ -19,8 +19,11 @@ import { MAX_VIRTIO_DEVICES, announcement, virtioPlacement } from './device-mana
 import { SerialStream } from './serial-stream';
 import type { VmMetrics } from './metrics';
 
-/** Lifecycle states, in order. A VM never goes back. */
-export type VmState = 'configuring' | 'starting' | 'running' | 'stopping' | 'exited';
+/**
+ * Lifecycle states. A VM moves forward through configuring → starting → running → stopping →
+ * exited, and between running and paused in either direction.
+ */
+export type VmState = 'configuring' | 'starting' | 'running' | 'paused' | 'stopping' | 'exited';
 
 /** Events a MicroVM emits. */
 export interface MicroVMEvents {
@@ -28,6 +31,10 @@ export interface MicroVMEvents {
   serial: (chunk: Buffer) => void;
   /** The VM has ended and released its resources. */
   exit: (info: ExitInfo) => void;
+  /** The vCPUs were paused. */
+  pause: () => void;
+  /** The vCPUs run again after a pause. */
+  resume: () => void;
 }
 
 /**
@@ -263,15 +270,47 @@ export class MicroVM extends EventEmitter<MicroVMEvents> {
       // Let start() finish (or fail) first; then stop what it built.
       await this.starting!.catch(() => undefined);
     }
-    if (this.handle && this.stateValue === 'running') {
+    if (this.handle && (this.stateValue === 'running' || this.stateValue === 'paused')) {
       this.stateValue = 'stopping';
       await this.handle.stop();
     }
     return this.exitPromise;
   }
 
+  /**
+   * Pauses the vCPUs: the guest stops executing (its clock is not stopped); devices finish what
+   * the guest had already asked for. Idempotent; emits `'pause'` when the state changes.
+   * @throws ConfigError NOT_RUNNING when the VM is neither running nor paused
+   */
+  async pause(): Promise<void> {
+    if (this.stateValue === 'paused') return;
+    const handle = this.running();
+    await handle.pause();
+    if (this.stateValue === 'running') {
+      this.stateValue = 'paused';
+      this.emit('pause');
+    }
+  }
+
+  /**
+   * Resumes paused vCPUs. Idempotent; emits `'resume'` when the state changes.
+   * @throws ConfigError NOT_RUNNING when the VM is neither running nor paused
+   */
+  async resume(): Promise<void> {
+    if (this.stateValue === 'running') return;
+    if (this.stateValue !== 'paused' || !this.handle) {
+      throw new ConfigError('NOT_RUNNING', `VM ${this.config.id} is ${this.stateValue}`);
+    }
+    await this.handle.resume();
+    if (this.stateValue === 'paused') {
+      this.stateValue = 'running';
+      this.emit('resume');
+    }
+  }
+
+  /** The machine, when it runs or is paused (updates, input and keys work on a paused VM too). */
   private running(): MachineHandle {
-    if (this.stateValue !== 'running' || !this.handle) {
+    if ((this.stateValue !== 'running' && this.stateValue !== 'paused') || !this.handle) {
       throw new ConfigError('NOT_RUNNING', `VM ${this.config.id} is ${this.stateValue}`);
     }
     return this.handle;
