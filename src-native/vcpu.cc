@@ -50,6 +50,7 @@ Napi::Function Vcpu::Init(Napi::Env env) {
                          InstanceAccessor<&Vcpu::RunState>("runState"),
                          InstanceMethod<&Vcpu::SaveState>("saveState"),
                          InstanceMethod<&Vcpu::RestoreState>("restoreState"),
+                         InstanceMethod<&Vcpu::GetCpuid>("getCpuid"),
                          InstanceMethod<&Vcpu::GetTscKhz>("getTscKhz"),
                          InstanceMethod<&Vcpu::SetTscKhz>("setTscKhz"),
                      });

@@ -38,6 +38,7 @@ class Vcpu : public Napi::ObjectWrap<Vcpu> {
   Napi::Value RunState(const Napi::CallbackInfo& info);
   Napi::Value SaveState(const Napi::CallbackInfo& info);
   Napi::Value RestoreState(const Napi::CallbackInfo& info);
+  Napi::Value GetCpuid(const Napi::CallbackInfo& info);
   Napi::Value GetTscKhz(const Napi::CallbackInfo& info);
   Napi::Value SetTscKhz(const Napi::CallbackInfo& info);
 

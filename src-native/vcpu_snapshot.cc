@@ -56,7 +56,30 @@ std::string Hex(uint32_t v) {
   return buf;
 }
 
+// KVM_GET_CPUID2: the vCPU's CPUID table as KVM holds it (E2BIG while the buffer is too small).
+std::vector<kvm_cpuid_entry2> ReadCpuid(Napi::Env env, int fd) {
+  for (uint32_t nent = 128; nent <= kMaxCpuidEntries; nent *= 2) {
+    FlexTable<KvmCpuid2Header, kvm_cpuid_entry2> table(nent);
+    table.header()->nent = nent;
+    if (ioctl(fd, kKvmGetCpuid2, table.data()) < 0) {
+      if (errno == E2BIG) continue;
+      ThrowErrno(env, "KVM_GET_CPUID2", errno);
+    }
+    const uint32_t got = std::min(table.header()->nent, nent);
+    return std::vector<kvm_cpuid_entry2>(table.entries(), table.entries() + got);
+  }
+  ThrowErrno(env, "KVM_GET_CPUID2", E2BIG);
+}
+
 }  // namespace
+
+Napi::Value Vcpu::GetCpuid(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const std::vector<kvm_cpuid_entry2> cpuid = ReadCpuid(env, Fd(env, "KVM_GET_CPUID2"));
+  Napi::Array out = Napi::Array::New(env, cpuid.size());
+  for (size_t i = 0; i < cpuid.size(); i++) out.Set(static_cast<uint32_t>(i), CpuidEntryToJs(env, cpuid[i]));
+  return out;
+}
 
 int Vcpu::SnapshotFd(Napi::Env env, const char* op) {
   if (core_->fd < 0) ThrowErrno(env, op, EBADF, "the VM is closed");
@@ -165,18 +188,8 @@ Napi::Value Vcpu::SaveState(const Napi::CallbackInfo& info) {
   }
 
   // The CPUID table the guest was given (KVM_SET_CPUID2), to give it the same one on restore.
-  for (uint32_t nent = 128;; nent *= 2) {
-    if (nent > kMaxCpuidEntries) ThrowErrno(env, "KVM_GET_CPUID2", E2BIG);
-    FlexTable<KvmCpuid2Header, kvm_cpuid_entry2> cpuid(nent);
-    cpuid.header()->nent = nent;
-    if (ioctl(fd, kKvmGetCpuid2, cpuid.data()) < 0) {
-      if (errno == E2BIG) continue;
-      ThrowErrno(env, "KVM_GET_CPUID2", errno);
-    }
-    const uint32_t got = std::min(cpuid.header()->nent, nent);
-    out.Set("cpuid", CopyToBuffer(env, cpuid.entries(), got * sizeof(kvm_cpuid_entry2)));
-    break;
-  }
+  const std::vector<kvm_cpuid_entry2> cpuid = ReadCpuid(env, fd);
+  out.Set("cpuid", CopyToBuffer(env, cpuid.data(), cpuid.size() * sizeof(kvm_cpuid_entry2)));
 
   // MSRs in chunks. KVM stops at the first MSR it cannot read and returns how many it read: that
   // one is reported as unreadable and the rest of the chunk is read after it.

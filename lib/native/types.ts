@@ -414,6 +414,12 @@ export interface NativeVcpu {
    * `runState` rule as {@link saveState}.
    */
   restoreState(state: NativeVcpuState): void;
+  /**
+   * KVM_GET_CPUID2: the CPUID table KVM holds for this vCPU. On ordinary KVM that is what
+   * setCpuid gave it; KVM on the emulated (PVM) hosts answers with the host CPU's own features
+   * (what the guest really sees there).
+   */
+  getCpuid(): CpuidEntry[];
   /** KVM_GET_TSC_KHZ. */
   getTscKhz(): number;
   /** KVM_SET_TSC_KHZ (needs KVM_CAP_TSC_CONTROL); before restoreState, while idle or parked. */
