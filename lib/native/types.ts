@@ -239,6 +239,12 @@ export interface MemoryFileWriteResult {
   pagesAbsent: number;
 }
 
+/** What {@link NativeVm.readMemoryFile} read. */
+export interface MemoryFileReadResult {
+  /** Bytes copied from the file's data extents. */
+  bytes: number;
+}
+
 /** `/dev/kvm`. */
 export interface NativeKvm {
   /** KVM_GET_API_VERSION (12 on every supported kernel). */
@@ -285,7 +291,7 @@ export interface NativeVm {
    * pool (holes are skipped: they read as the zeros a fresh mapping already holds). The file must
    * not be larger than the memory (`EFBIG`).
    */
-  readMemoryFile(memory: ArrayBuffer, path: string): Promise<{ bytes: number }>;
+  readMemoryFile(memory: ArrayBuffer, path: string): Promise<MemoryFileReadResult>;
   /**
    * Turns KVM's dirty-page log for a slot on or off (re-issues KVM_SET_USER_MEMORY_REGION with
    * KVM_MEM_LOG_DIRTY_PAGES). Logging starts clean. RangeError for a slot that was not set up.

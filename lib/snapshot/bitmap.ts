@@ -1,7 +1,7 @@
 /**
  * Page bitmaps: which 4 KiB pages of a guest memory buffer a diff snapshot holds. Bit i (LSB first
  * in byte i/8) is page i, the layout of KVM's dirty log and of
- * {@link NativeVm.writeMemoryFile}'s `pages`.
+ * `NativeVm.writeMemoryFile`'s `pages`.
  * @module
  */
 import type { NativeVm } from '../native/types';
@@ -57,7 +57,7 @@ export class PageBitmap {
   }
 
   /**
-   * ORs in a slot's dirty log (from {@link NativeVm.getDirtyLog}) whose first page is page
+   * ORs in a slot's dirty log (from `NativeVm.getDirtyLog`) whose first page is page
    * `firstPage` of this buffer.
    */
   orAt(firstPage: number, log: Uint8Array, logPages: number): void {

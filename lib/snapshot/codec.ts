@@ -59,7 +59,7 @@ export function encodeCpuidEntries(entries: readonly CpuidEntry[]): Buffer {
   return buf;
 }
 
-/** A vCPU state from {@link NativeVcpu.saveState} as the state file stores it. */
+/** A vCPU state from `NativeVcpu.saveState` as the state file stores it. */
 export function vcpuRecordFromNative(id: number, s: NativeVcpuState): VcpuStateRecord {
   return {
     id,
@@ -79,7 +79,7 @@ export function vcpuRecordFromNative(id: number, s: NativeVcpuState): VcpuStateR
   };
 }
 
-/** A stored vCPU state as {@link NativeVcpu.restoreState} takes it, MSRs in restore order. */
+/** A stored vCPU state as `NativeVcpu.restoreState` takes it, MSRs in restore order. */
 export function vcpuRecordToNative(r: VcpuStateRecord): NativeVcpuState {
   return {
     mpState: r.mpState,
@@ -96,7 +96,7 @@ export function vcpuRecordToNative(r: VcpuStateRecord): NativeVcpuState {
   };
 }
 
-/** The VM state from {@link NativeVm.saveState} as the state file stores it. */
+/** The VM state from `NativeVm.saveState` as the state file stores it. */
 export function vmRecordFromNative(s: NativeVmState): VmStateRecord {
   return { picMaster: b64(s.picMaster), picSlave: b64(s.picSlave), ioapic: b64(s.ioapic), pit2: b64(s.pit2), clock: b64(s.clock) };
 }
@@ -107,7 +107,7 @@ const CLOCK_FLAGS_OFFSET = 8;
 export const KVM_CLOCK_REALTIME = 1 << 2;
 
 /**
- * A stored VM state as {@link NativeVm.restoreState} takes it. The clock's flags are cleared, so
+ * A stored VM state as `NativeVm.restoreState` takes it. The clock's flags are cleared, so
  * the guest's clock resumes where it stopped; with `clockRealtime` (and a state that recorded
  * realtime) only KVM_CLOCK_REALTIME is kept, so KVM advances it by the wall time that passed.
  */
@@ -123,8 +123,20 @@ export function vmRecordToNative(r: VmStateRecord, opts: { clockRealtime?: boole
   return { picMaster: unb64(r.picMaster), picSlave: unb64(r.picSlave), ioapic: unb64(r.ioapic), pit2: unb64(r.pit2), clock };
 }
 
-/** General-purpose registers decoded from a stored `struct kvm_regs` (for diagnostics and tests). */
-export function decodeRegs(regsBase64: string): { rip: bigint; rsp: bigint; rflags: bigint; rax: bigint } {
+/** A few registers of a stored `struct kvm_regs`. */
+export interface DecodedRegs {
+  /** Instruction pointer. */
+  rip: bigint;
+  /** Stack pointer. */
+  rsp: bigint;
+  /** Flags. */
+  rflags: bigint;
+  /** RAX. */
+  rax: bigint;
+}
+
+/** Registers decoded from a stored `struct kvm_regs` (for diagnostics and tests). */
+export function decodeRegs(regsBase64: string): DecodedRegs {
   const b = Buffer.from(regsBase64, 'base64');
   // struct kvm_regs: rax rbx rcx rdx rsi rdi rsp rbp r8..r15 rip rflags, u64 each.
   return { rax: b.readBigUInt64LE(0), rsp: b.readBigUInt64LE(6 * 8), rip: b.readBigUInt64LE(16 * 8), rflags: b.readBigUInt64LE(17 * 8) };

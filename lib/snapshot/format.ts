@@ -46,17 +46,29 @@ export const MAX_SNAPSHOT_MEMORY = 2 ** 46;
 
 /** Byte sizes of the kernel structures a vCPU state holds (x86-64 KVM ABI). */
 export const KVM_STRUCT_SIZES = {
+  /** `struct kvm_regs`. */
   regs: 144,
+  /** `struct kvm_sregs`. */
   sregs: 312,
+  /** `struct kvm_fpu`. */
   fpu: 416,
+  /** `struct kvm_xcrs`. */
   xcrs: 392,
+  /** `struct kvm_debugregs`. */
   debugregs: 128,
+  /** `struct kvm_lapic_state`. */
   lapic: 1024,
+  /** `struct kvm_vcpu_events`. */
   events: 64,
+  /** `struct kvm_irqchip`. */
   irqchip: 520,
+  /** `struct kvm_pit_state2`. */
   pit2: 112,
+  /** `struct kvm_clock_data`. */
   clock: 48,
+  /** `struct kvm_msr_entry`. */
   msrEntry: 16,
+  /** `struct kvm_cpuid_entry2`. */
   cpuidEntry: 40,
   /** The smallest XSAVE area (`struct kvm_xsave`). */
   xsaveMin: 4096,
@@ -72,7 +84,7 @@ export interface MsrRecord {
   data: string;
 }
 
-/** One vCPU's state. Kernel structures are base64 of their exact bytes (see {@link NativeVcpuState}). */
+/** One vCPU's state. Kernel structures are base64 of their exact bytes (see `NativeVcpuState`). */
 export interface VcpuStateRecord {
   /** vCPU index (= APIC ID). */
   id: number;
@@ -154,6 +166,14 @@ export interface SourceHostRecord {
   xsaveSize: number;
 }
 
+/** Names a snapshot a diff applies to. */
+export interface SnapshotRef {
+  /** The snapshot's {@link SnapshotState.snapshotId}. */
+  snapshotId: string;
+  /** Its memory layout checksum (a diff and its base must lay memory out the same way). */
+  layoutChecksum: string;
+}
+
 /** Everything a snapshot's state file holds. */
 export interface SnapshotState {
   /** {@link STATE_FORMAT_VERSION} when written. */
@@ -167,7 +187,7 @@ export interface SnapshotState {
   /** `'full'`: the memory file holds all of memory; `'diff'`: only `memory.dirtyPages`. */
   type: 'full' | 'diff';
   /** Diff snapshots: the snapshot the diff applies to. */
-  base?: { snapshotId: string; layoutChecksum: string };
+  base?: SnapshotRef;
   /** vCPUs. */
   vcpuCount: number;
   /** Memory layout. */
@@ -328,18 +348,20 @@ export async function writeStateFile(file: string, state: SnapshotState, sync = 
 }
 
 /**
- * Reads and validates a state file.
+ * Reads and validates a state file. The read is synchronous: a state file is tens of kilobytes,
+ * which one read(2) gets faster than a round trip through the thread pool, and restore latency
+ * is what snapshots are for.
  * @throws SnapshotError NOT_FOUND, IO_ERROR, or any code of {@link decodeState}
  */
 export async function readStateFile(file: string): Promise<SnapshotState> {
   let bytes: Buffer;
   try {
-    const st = await fs.promises.stat(file);
+    const st = fs.statSync(file);
     if (!st.isFile()) throw new SnapshotError('NOT_FOUND', `${file} is not a file`, { field: file });
     if (st.size > STATE_HEADER_SIZE + MAX_STATE_BODY) {
       throw new SnapshotError('CHECKSUM_MISMATCH', `${file} is ${st.size} bytes, larger than any state file`, { field: file });
     }
-    bytes = await fs.promises.readFile(file);
+    bytes = fs.readFileSync(file);
   } catch (e) {
     if (e instanceof SnapshotError) throw e;
     const code = (e as NodeJS.ErrnoException).code;

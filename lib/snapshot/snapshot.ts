@@ -14,7 +14,7 @@
  * ```
  * @module
  */
-import { promises as fsp } from 'fs';
+import { promises as fsp, statSync } from 'fs';
 import * as path from 'path';
 
 import type { DeviceStateRecord, StateObject } from '../devices/contract';
@@ -33,6 +33,7 @@ import {
   STATE_FORMAT_VERSION,
   writeStateFile,
   type MemoryRegionRecord,
+  type SnapshotRef,
   type SnapshotState,
 } from './format';
 import { selectMsrsToSave } from './msrs';
@@ -47,7 +48,7 @@ export const TSC_KHZ_TOLERANCE_PPM = 250;
 
 /** Guest memory as the machine set it up: one buffer, carved into KVM slots. */
 export interface SnapshotMemory {
-  /** The buffer from {@link NativeVm.allocateMemory} or {@link NativeVm.mapMemoryFile}. */
+  /** The buffer from `NativeVm.allocateMemory` or `NativeVm.mapMemoryFile`. */
   buffer: ArrayBuffer;
   /** The RAM regions: guest address, size, offset in `buffer` (`fileOffset`) and KVM slot. */
   regions: readonly MemoryRegionRecord[];
@@ -77,14 +78,14 @@ export interface TakeSnapshotOptions {
    * The snapshot the VM's memory last matched (the previous snapshot it took, or the one it was
    * restored from): required for `'diff'`, whose state names it as its base.
    */
-  parent?: { snapshotId: string; layoutChecksum: string };
+  parent?: SnapshotRef;
   /**
    * Whether KVM dirty logging is on for every slot of `memory.regions` (setDirtyLogging). Then the
    * logs are collected and cleared by every snapshot, full ones included, so that the next diff
    * starts from this snapshot. Required for `'diff'`.
    */
   dirtyLogging?: boolean;
-  /** Pages the host wrote ({@link DirtyTrackingGuestMemory.hostDirty}); cleared once used. */
+  /** Pages the host wrote (`DirtyTrackingGuestMemory.hostDirty`); cleared once used. */
   hostDirty?: PageBitmap;
   /** MSRs to save; default {@link selectMsrsToSave} of KVM's index list and vCPU 0's supported CPUID. */
   msrIndexes?: readonly number[];
@@ -239,7 +240,7 @@ export async function loadSnapshot(dir: string): Promise<LoadedSnapshot> {
   const memoryPath = path.join(dir, state.memory.file);
   let size: number;
   try {
-    const st = await fsp.stat(memoryPath);
+    const st = statSync(memoryPath);
     if (!st.isFile()) throw new SnapshotError('NOT_FOUND', `${memoryPath} is not a file`, { field: memoryPath });
     size = st.size;
   } catch (e) {
