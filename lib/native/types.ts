@@ -275,6 +275,8 @@ export interface NativeVm {
    * MAP_NORESERVE) and returns it as an ArrayBuffer like {@link allocateMemory}'s: pages load on
    * first access, guest writes go to private copies, and VMs mapping the same file share the pages
    * they only read. Throws NativeError `EINVAL` (ioctl 'mmap') when the file is shorter than `size`.
+   * The file must not change while it is mapped: pages the guest has not written yet show the
+   * file's current bytes, and a truncated file makes them fault (replace files by renaming).
    */
   mapMemoryFile(path: string, size: number): ArrayBuffer;
   /**

@@ -71,7 +71,8 @@ async function copySparse(from: string, to: string, size: number): Promise<void>
  * Applies the diff snapshot in `diffDir` to the full snapshot in `baseDir`. With `outDir` (a new
  * or empty directory), the base stays as it was; without it (or with `outDir === baseDir`) the
  * base is updated in place, its state file removed first so that an interrupted merge leaves no
- * restorable half-merged snapshot behind.
+ * restorable half-merged snapshot behind. Never merge in place onto a base that running VMs map
+ * (restored with memory `'map'`): the pages they have not written yet would change under them.
  * @throws SnapshotError BASE_MISMATCH (the diff is not a diff, the base not full, or the ids do not
  *   match), LAYOUT_MISMATCH, any loadSnapshot code, IO_ERROR
  */

@@ -208,12 +208,19 @@ export async function takeSnapshot(dir: string, src: SnapshotSource, opts: TakeS
   }
   const t1 = performance.now();
   let written: MemoryFileWriteResult;
+  // Written under another name and renamed over the old file: VMs restored with memory 'map'
+  // from an older snapshot in this directory keep their (unlinked) file; truncating it under
+  // them would turn their untouched pages into zeros or SIGBUS.
+  const memoryPath = path.join(dir, MEMORY_FILE);
+  const memoryTmp = `${memoryPath}.tmp-${process.pid}`;
   try {
-    written = await vm.writeMemoryFile(memory.buffer, path.join(dir, MEMORY_FILE), {
+    written = await vm.writeMemoryFile(memory.buffer, memoryTmp, {
       pages: opts.type === 'diff' ? dirty!.bits : undefined,
       sync: opts.sync,
     });
+    await fsp.rename(memoryTmp, memoryPath);
   } catch (e) {
+    await fsp.rm(memoryTmp, { force: true }).catch(() => undefined);
     throw new SnapshotError('IO_ERROR', `writing the memory file failed: ${(e as Error).message}`, { field: MEMORY_FILE, cause: e });
   }
   const memoryWriteMs = performance.now() - t1;

@@ -187,6 +187,62 @@ describeKvm('snapshot and restore (native layer)', () => {
     expectCompleteRun(atBase + b.output, STEPS, PAGES);
   });
 
+  it('a VM restored with its memory mapped can be snapshotted again into the directory it maps', async () => {
+    const g = await bootCounter();
+    await g.waitFor((o) => countsIn(o) >= 2);
+    g.pause();
+    const first = g.output;
+    const dir = path.join(tmp, 'again');
+    await g.snapshot(dir, { type: 'full' });
+    g.close();
+
+    const r1 = await NativeGuest.restore(dir, { memory: 'map' });
+    open.push(r1);
+    r1.start();
+    await r1.waitFor((o) => countsIn(o) >= 4);
+    r1.pause();
+    const second = r1.output;
+    // Replaces the files r1 maps: r1 must keep the old memory file's pages it has not written.
+    await r1.snapshot(dir, { type: 'full' });
+    r1.resume();
+    expect(await r1.wait()).toEqual({ reason: 'reset' });
+    expectCompleteRun(first + r1.output, STEPS, PAGES);
+
+    const r2 = await NativeGuest.restore(dir, { memory: 'map' });
+    open.push(r2);
+    r2.start();
+    expect(await r2.wait()).toEqual({ reason: 'reset' });
+    expectCompleteRun(first + second + r2.output, STEPS, PAGES);
+  });
+
+  it('a restored VM takes diffs against the snapshot it was restored from', async () => {
+    const g = await bootCounter();
+    await g.waitFor((o) => countsIn(o) >= 2);
+    g.pause();
+    const first = g.output;
+    const baseDir = path.join(tmp, 'rbase');
+    await g.snapshot(baseDir, { type: 'full' });
+    g.close();
+    const base = (await loadSnapshot(baseDir)).state;
+
+    const r = await NativeGuest.restore(baseDir, { memory: 'copy', dirtyLogging: true });
+    open.push(r);
+    r.start();
+    await r.waitFor((o) => countsIn(o) >= 5);
+    r.pause();
+    const second = r.output;
+    const diffDir = path.join(tmp, 'rdiff');
+    const diff = await r.snapshot(diffDir, { type: 'diff', parent: { snapshotId: base.snapshotId, layoutChecksum: base.memory.layoutChecksum } });
+    expect(diff.memory.pagesWritten).toBeLessThan(200);
+    const mergedDir = path.join(tmp, 'rmerged');
+    await mergeSnapshots(baseDir, diffDir, mergedDir);
+    const m = await NativeGuest.restore(mergedDir, { memory: 'map' });
+    open.push(m);
+    m.start();
+    expect(await m.wait()).toEqual({ reason: 'reset' });
+    expectCompleteRun(first + second + m.output, STEPS, PAGES);
+  });
+
   it('refuses a snapshot whose guest was given CPU features this host lacks, naming them', async () => {
     const g = await bootCounter();
     await g.waitFor((o) => countsIn(o) >= 1);
