@@ -27,3 +27,5 @@ export type { BootErrorCode } from './boot/errors';
 export type { TokenBucketConfig, RateLimiterConfig } from './ratelimit';
 export { RateLimitError } from './ratelimit';
 export type { RateLimitErrorCode } from './ratelimit/errors';
+export { SnapshotError } from './snapshot/errors';
+export type { SnapshotErrorCode, SnapshotErrorDetails } from './snapshot/errors';
