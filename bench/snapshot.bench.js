@@ -11,6 +11,7 @@
 const fs = require('fs');
 const os = require('os');
 const path = require('path');
+const { PerformanceObserver } = require('perf_hooks');
 
 require('./register-ts');
 const { NativeGuest } = require('../test/kvm/snapshot-harness.ts');
@@ -83,15 +84,25 @@ async function creation(tmp, memMib, fill) {
   return full;
 }
 
+// V8 garbage collections, to show how much of a restore they take: every ArrayBuffer over guest
+// memory counts as external memory, and a large one makes V8 run a full mark-compact at once.
+const gcs = [];
+new PerformanceObserver((list) => gcs.push(...list.getEntries())).observe({ entryTypes: ['gc'] });
+async function gcMsBetween(t0, t1) {
+  await new Promise((r) => setImmediate(r)); // observer entries arrive asynchronously
+  return gcs.filter((e) => e.startTime >= t0 && e.startTime < t1).reduce((a, e) => a + e.duration, 0);
+}
+
 async function restoreOnce(dir, memory) {
   const t0 = performance.now();
   const r = await NativeGuest.restore(dir, { memory });
   r.start();
-  const hostMs = performance.now() - t0;
+  const t1 = performance.now();
+  const hostMs = t1 - t0;
   await r.waitFor((o) => o.length > 0, 30_000);
   const firstByteMs = performance.now() - t0;
   r.close();
-  return { hostMs, firstByteMs, stagesMs: r.restoreMs };
+  return { hostMs, firstByteMs, gcMs: await gcMsBetween(t0, t1) };
 }
 
 function median(xs) {
@@ -106,7 +117,8 @@ async function restoreTimes(dirs) {
       const runs = [];
       for (let i = 0; i < 7; i++) runs.push(await restoreOnce(dir, memory));
       console.log(`snapshot: restore ${memory.padEnd(4)} ${label}: host side ${fmtMs(median(runs.map((r) => r.hostMs)))} ` +
-        `(median of 7; min ${fmtMs(Math.min(...runs.map((r) => r.hostMs)))}), first guest byte after ${fmtMs(median(runs.map((r) => r.firstByteMs)))}`);
+        `(median of 7; min ${fmtMs(Math.min(...runs.map((r) => r.hostMs)))}; V8 GC inside: median ${fmtMs(median(runs.map((r) => r.gcMs)))}), ` +
+        `first guest byte after ${fmtMs(median(runs.map((r) => r.firstByteMs)))}`);
     }
   }
 }
