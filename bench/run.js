@@ -8,8 +8,11 @@
 //   console    UART accesses that reach JavaScript per printed byte, Linux boot (needs /dev/kvm)
 //   queue      the split-virtqueue's own cost per request (mock driver, no KVM)
 //   block      virtio-blk host-side throughput (mock driver, file in page cache, no KVM)
+//   snapshot   snapshot creation time and size (full, diff), restore-to-running with memory 'map'
+//              and 'copy' at 128 MiB / 1 GiB / 4 GiB, clones per second and host memory per clone
+//              (counter test guest on the native layer; needs /dev/kvm and npm run build:guests)
 //
-//   node bench/run.js [setup|density|console|queue|block ...]   (default: all)
+//   node bench/run.js [setup|density|console|queue|block|snapshot ...]   (default: all)
 'use strict';
 const path = require('path');
 const fs = require('fs');
@@ -27,12 +30,13 @@ function runTs(file) {
 async function main() {
   const { isKvmAvailable } = require('kindling');
   const kvm = isKvmAvailable();
-  if (want('setup') || want('density') || want('console')) {
-    if (!kvm.ok) console.log(`setup, density, console: skipped, KVM unavailable (${kvm.reason}); try: bash scripts/kvm-in-qemu.sh -- npm run bench`);
+  if (want('setup') || want('density') || want('console') || want('snapshot')) {
+    if (!kvm.ok) console.log(`setup, density, console, snapshot: skipped, KVM unavailable (${kvm.reason}); try: bash scripts/kvm-in-qemu.sh -- npm run bench`);
     else {
       if (want('setup')) await require('./setup.bench').run();
       if (want('density')) await require('./density.bench').run();
       if (want('console')) await require('./console.bench').run();
+      if (want('snapshot')) await require('./snapshot.bench').run();
     }
   }
   if (want('queue') && fs.existsSync(path.join(__dirname, 'queue.bench.ts'))) runTs('queue.bench.ts');

@@ -51,3 +51,5 @@ export type { TransportMetrics } from './virtio/mmio';
 export type { SerialMetrics } from './devices/serial/serial';
 export type { I8042Metrics } from './devices/i8042/i8042';
 export type { BlockMetrics } from './devices/block/device';
+export { SnapshotError } from './snapshot/errors';
+export type { SnapshotErrorCode, SnapshotErrorDetails } from './snapshot/errors';

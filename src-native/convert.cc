@@ -121,6 +121,19 @@ uint64_t ValueToU64(Napi::Env env, Napi::Value v, const char* what) {
   ThrowType(env, std::string(what) + " must be a bigint");
 }
 
+ByteView BytesOf(Napi::Env env, Napi::Value v, const char* what) {
+  if (!v.IsTypedArray()) ThrowType(env, std::string(what) + " must be a Buffer");
+  Napi::TypedArray ta = v.As<Napi::TypedArray>();
+  ByteView out;
+  out.data = static_cast<const uint8_t*>(ta.ArrayBuffer().Data()) + ta.ByteOffset();
+  out.size = ta.ByteLength();
+  return out;
+}
+
+Napi::Buffer<uint8_t> CopyToBuffer(Napi::Env env, const void* data, size_t n) {
+  return Napi::Buffer<uint8_t>::Copy(env, static_cast<const uint8_t*>(data), n);
+}
+
 uint32_t ArgU32(const Napi::CallbackInfo& info, size_t i, const char* what) {
   Napi::Env env = info.Env();
   if (info.Length() <= i || !info[i].IsNumber()) ThrowType(env, std::string(what) + " must be a number");

@@ -19,6 +19,16 @@ int ArgFd(const Napi::CallbackInfo& info, size_t i);
 /** A bigint or a safe-integer number as u64 (two's complement for negative values). */
 uint64_t ValueToU64(Napi::Env env, Napi::Value v, const char* what);
 
+/** The bytes of a Buffer/TypedArray argument (borrowed: valid while the value is alive). */
+struct ByteView {
+  const uint8_t* data = nullptr;
+  size_t size = 0;
+};
+/** `v` as bytes; TypeError naming `what` unless it is a Buffer or another TypedArray. */
+ByteView BytesOf(Napi::Env env, Napi::Value v, const char* what);
+/** A copy of `n` bytes as a Node Buffer. */
+Napi::Buffer<uint8_t> CopyToBuffer(Napi::Env env, const void* data, size_t n);
+
 Napi::Object RegsToJs(Napi::Env env, const kvm_regs& r);
 void RegsFromJs(Napi::Env env, Napi::Value v, kvm_regs* r);
 

@@ -271,6 +271,11 @@ bool VmCore::IsQuiescent(VcpuCore& v) {
   return v.Quiescent();
 }
 
+VcpuState VmCore::StateOf(VcpuCore& v) {
+  std::lock_guard<std::mutex> lk(mu_);
+  return v.state;
+}
+
 bool VmCore::PioGroupOverlaps(uint32_t base, uint32_t len) {
   std::lock_guard<std::mutex> lk(mu_);
   for (const PioCacheGroup& g : pioGroups_) {

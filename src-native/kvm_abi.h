@@ -44,6 +44,31 @@ static_assert(kKvmSetCpuid2 == 0x4008ae90UL, "KVM_SET_CPUID2");
 static_assert(kKvmGetMsrs == 0xc008ae88UL, "KVM_GET_MSRS");
 static_assert(kKvmSetMsrs == 0x4008ae89UL, "KVM_SET_MSRS");
 
+// struct kvm_msr_list as C lays it out: the indices follow the 4-byte count.
+struct KvmMsrListHeader {
+  uint32_t nmsrs;
+};
+static_assert(sizeof(KvmMsrListHeader) == 4, "kvm_msr_list header is 4 bytes in C");
+
+// struct kvm_xsave is 4096 bytes in C (the `extra` flexible array adds nothing); KVM_GET_XSAVE2 and
+// KVM_SET_XSAVE move KVM_CHECK_EXTENSION(KVM_CAP_XSAVE2) bytes, at least 4096.
+constexpr size_t kKvmXsaveSize = 4096;
+struct KvmXsaveC {
+  uint32_t region[1024];
+};
+static_assert(sizeof(KvmXsaveC) == kKvmXsaveSize, "kvm_xsave is 4096 bytes in C");
+
+constexpr unsigned long kKvmGetMsrIndexList = _IOWR(KVMIO, 0x02, KvmMsrListHeader);
+constexpr unsigned long kKvmGetCpuid2 = _IOWR(KVMIO, 0x91, KvmCpuid2Header);
+constexpr unsigned long kKvmGetXsave = _IOR(KVMIO, 0xa4, KvmXsaveC);
+constexpr unsigned long kKvmSetXsave = _IOW(KVMIO, 0xa5, KvmXsaveC);
+constexpr unsigned long kKvmGetXsave2 = _IOR(KVMIO, 0xcf, KvmXsaveC);
+static_assert(kKvmGetMsrIndexList == 0xc004ae02UL, "KVM_GET_MSR_INDEX_LIST");
+static_assert(kKvmGetCpuid2 == 0xc008ae91UL, "KVM_GET_CPUID2");
+static_assert(kKvmGetXsave == 0x9000aea4UL, "KVM_GET_XSAVE");
+static_assert(kKvmSetXsave == 0x5000aea5UL, "KVM_SET_XSAVE");
+static_assert(kKvmGetXsave2 == 0x9000aecfUL, "KVM_GET_XSAVE2");
+
 // A header followed by `n` entries, 8-byte aligned, zeroed.
 template <typename Header, typename Entry>
 struct FlexTable {

@@ -6,6 +6,7 @@
 #include <sys/ioctl.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <string>
 #include <vector>
 
@@ -23,6 +24,7 @@ Napi::Function KvmSystem::Init(Napi::Env env) {
                          InstanceMethod<&KvmSystem::ApiVersion>("apiVersion"),
                          InstanceMethod<&KvmSystem::CheckExtension>("checkExtension"),
                          InstanceMethod<&KvmSystem::SupportedCpuid>("supportedCpuid"),
+                         InstanceMethod<&KvmSystem::MsrIndexList>("msrIndexList"),
                          InstanceMethod<&KvmSystem::CreateVm>("createVm"),
                          InstanceMethod<&KvmSystem::Close>("close"),
                      });
@@ -75,6 +77,29 @@ Napi::Value KvmSystem::SupportedCpuid(const Napi::CallbackInfo& info) {
     return out;
   }
   ThrowErrno(env, "KVM_GET_SUPPORTED_CPUID", E2BIG);
+}
+
+Napi::Value KvmSystem::MsrIndexList(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const int fd = Fd(env, "KVM_GET_MSR_INDEX_LIST");
+  // E2BIG while the list is too small; KVM then reports the size it needs in nmsrs.
+  uint32_t n = 256;
+  for (int attempt = 0; attempt < 8; attempt++) {
+    std::vector<uint32_t> buf(1 + n, 0);
+    buf[0] = n;
+    if (ioctl(fd, kKvmGetMsrIndexList, buf.data()) < 0) {
+      if (errno == E2BIG && buf[0] > n && buf[0] <= 65536) {
+        n = buf[0];
+        continue;
+      }
+      ThrowErrno(env, "KVM_GET_MSR_INDEX_LIST", errno);
+    }
+    const uint32_t got = std::min(buf[0], n);
+    Napi::Array out = Napi::Array::New(env, got);
+    for (uint32_t i = 0; i < got; i++) out.Set(i, Napi::Number::New(env, buf[1 + i]));
+    return out;
+  }
+  ThrowErrno(env, "KVM_GET_MSR_INDEX_LIST", E2BIG);
 }
 
 Napi::Value KvmSystem::CreateVm(const Napi::CallbackInfo& info) {

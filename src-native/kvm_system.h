@@ -15,6 +15,7 @@ class KvmSystem : public Napi::ObjectWrap<KvmSystem> {
   Napi::Value ApiVersion(const Napi::CallbackInfo& info);
   Napi::Value CheckExtension(const Napi::CallbackInfo& info);
   Napi::Value SupportedCpuid(const Napi::CallbackInfo& info);
+  Napi::Value MsrIndexList(const Napi::CallbackInfo& info);
   Napi::Value CreateVm(const Napi::CallbackInfo& info);
   Napi::Value Close(const Napi::CallbackInfo& info);
   int Fd(Napi::Env env, const char* op);

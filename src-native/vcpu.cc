@@ -47,6 +47,12 @@ Napi::Function Vcpu::Init(Napi::Env env) {
                          InstanceMethod<&Vcpu::SetMpState>("setMpState"),
                          InstanceMethod<&Vcpu::InjectException>("injectException"),
                          InstanceMethod<&Vcpu::Start>("start"),
+                         InstanceAccessor<&Vcpu::RunState>("runState"),
+                         InstanceMethod<&Vcpu::SaveState>("saveState"),
+                         InstanceMethod<&Vcpu::RestoreState>("restoreState"),
+                         InstanceMethod<&Vcpu::GetCpuid>("getCpuid"),
+                         InstanceMethod<&Vcpu::GetTscKhz>("getTscKhz"),
+                         InstanceMethod<&Vcpu::SetTscKhz>("setTscKhz"),
                      });
 }
 

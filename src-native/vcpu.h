@@ -34,12 +34,25 @@ class Vcpu : public Napi::ObjectWrap<Vcpu> {
   Napi::Value SetMpState(const Napi::CallbackInfo& info);
   Napi::Value InjectException(const Napi::CallbackInfo& info);
   Napi::Value Start(const Napi::CallbackInfo& info);
+  // Snapshots (vcpu_snapshot.cc).
+  Napi::Value RunState(const Napi::CallbackInfo& info);
+  Napi::Value SaveState(const Napi::CallbackInfo& info);
+  Napi::Value RestoreState(const Napi::CallbackInfo& info);
+  Napi::Value GetCpuid(const Napi::CallbackInfo& info);
+  Napi::Value GetTscKhz(const Napi::CallbackInfo& info);
+  Napi::Value SetTscKhz(const Napi::CallbackInfo& info);
 
   /**
    * The fd for a register ioctl `op`. Throws EBADF once the VM is closed and EBUSY while the run
    * thread may be inside KVM_RUN (the ioctl would block until the guest exits).
    */
   int Fd(Napi::Env env, const char* op);
+  /**
+   * The fd for saving or restoring the whole state: only before start() or while paused (parked).
+   * A vCPU waiting for a handler's answer is in the middle of an I/O instruction that completes
+   * only on the next KVM_RUN, so its registers do not describe a point the guest can resume from.
+   */
+  int SnapshotFd(Napi::Env env, const char* op);
 
   Napi::ObjectReference vmObject_;  // keeps the VM alive as long as one of its vCPUs is reachable
   Vm* vm_ = nullptr;

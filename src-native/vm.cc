@@ -91,7 +91,28 @@ Napi::Object EventToJs(Napi::Env env, const EventInfo& e) {
 
 }  // namespace
 
+bool Mapping::Pin() {
+  std::lock_guard<std::mutex> lk(mu_);
+  if (addr == nullptr || unmapRequested_) return false;
+  pins_++;
+  return true;
+}
+
+void Mapping::Unpin() {
+  std::lock_guard<std::mutex> lk(mu_);
+  if (--pins_ == 0 && unmapRequested_) UnmapLocked();
+}
+
 void Mapping::Unmap() {
+  std::lock_guard<std::mutex> lk(mu_);
+  if (pins_ > 0) {
+    unmapRequested_ = true;  // the last Unpin() unmaps
+    return;
+  }
+  UnmapLocked();
+}
+
+void Mapping::UnmapLocked() {
   if (addr != nullptr) {
     munmap(addr, size);
     addr = nullptr;
@@ -120,6 +141,13 @@ Napi::Function Vm::Init(Napi::Env env) {
                          InstanceMethod<&Vm::PauseVcpus>("pauseVcpus"),
                          InstanceMethod<&Vm::ResumeVcpus>("resumeVcpus"),
                          InstanceMethod<&Vm::Close>("close"),
+                         InstanceMethod<&Vm::SaveState>("saveState"),
+                         InstanceMethod<&Vm::RestoreState>("restoreState"),
+                         InstanceMethod<&Vm::SetDirtyLogging>("setDirtyLogging"),
+                         InstanceMethod<&Vm::GetDirtyLog>("getDirtyLog"),
+                         InstanceMethod<&Vm::MapMemoryFile>("mapMemoryFile"),
+                         InstanceMethod<&Vm::WriteMemoryFile>("writeMemoryFile"),
+                         InstanceMethod<&Vm::ReadMemoryFile>("readMemoryFile"),
                      });
 }
 
@@ -200,6 +228,7 @@ void Vm::Teardown(Napi::Env env, bool explicitClose) {
     m.buffer = nullptr;
   }
   memory_.clear();
+  slots_.clear();
   handlers_.Reset();
   onIo_.Reset();
   onEvent_.Reset();
@@ -342,13 +371,26 @@ Napi::Value Vm::AllocateMemory(const Napi::CallbackInfo& info) {
   auto mapping = std::make_shared<Mapping>();
   mapping->addr = static_cast<uint8_t*>(addr);
   mapping->size = size;
+  return AdoptMapping(env, mapping);
+}
 
+Napi::Value Vm::AdoptMapping(Napi::Env env, const std::shared_ptr<Mapping>& mapping) {
   napi_value buffer = ExternalArrayBuffer(mapping);
   MemoryEntry entry;
   entry.mapping = mapping;
   napi_create_reference(env, buffer, 0, &entry.buffer);
   memory_.push_back(std::move(entry));
   return Napi::Value(env, buffer);
+}
+
+std::shared_ptr<Mapping> Vm::FindMapping(Napi::Value buffer) const {
+  if (!buffer.IsArrayBuffer()) return nullptr;
+  const uint8_t* data = static_cast<const uint8_t*>(buffer.As<Napi::ArrayBuffer>().Data());
+  if (data == nullptr) return nullptr;  // detached
+  for (const MemoryEntry& m : memory_) {
+    if (m.mapping->addr != nullptr && m.mapping->addr == data) return m.mapping;
+  }
+  return nullptr;
 }
 
 Napi::Value Vm::SetUserMemoryRegion(const Napi::CallbackInfo& info) {
@@ -359,14 +401,9 @@ Napi::Value Vm::SetUserMemoryRegion(const Napi::CallbackInfo& info) {
   if (info.Length() < 3 || !info[2].IsArrayBuffer()) ThrowType(env, "memory must be an ArrayBuffer from allocateMemory()");
   const uint64_t offset = ArgSafeU64(info, 3, "offset");
   const uint64_t size = ArgSafeU64(info, 4, "size");
-  Napi::ArrayBuffer ab = info[2].As<Napi::ArrayBuffer>();
-  const uint8_t* data = static_cast<const uint8_t*>(ab.Data());
-  const Mapping* mapping = nullptr;
-  for (const MemoryEntry& m : memory_) {
-    if (m.mapping->addr != nullptr && m.mapping->addr == data) mapping = m.mapping.get();
-  }
   // Only memory this VM mapped may be handed to KVM: anything else could be freed under the guest.
-  if (mapping == nullptr) ThrowRange(env, "memory is not a live buffer from this VM's allocateMemory()");
+  std::shared_ptr<Mapping> mapping = FindMapping(info[2]);
+  if (mapping == nullptr) ThrowRange(env, "memory is not a live buffer from this VM's allocateMemory() or mapMemoryFile()");
   if (offset > mapping->size || size > mapping->size - offset) ThrowRange(env, "offset/size outside the buffer");
   kvm_userspace_memory_region region;
   std::memset(&region, 0, sizeof region);
@@ -376,6 +413,11 @@ Napi::Value Vm::SetUserMemoryRegion(const Napi::CallbackInfo& info) {
   region.memory_size = size;
   region.userspace_addr = reinterpret_cast<uint64_t>(mapping->addr + offset);
   if (ioctl(fd, KVM_SET_USER_MEMORY_REGION, &region) < 0) ThrowErrno(env, "KVM_SET_USER_MEMORY_REGION", errno);
+  if (size == 0) {
+    slots_.erase(slot);  // a zero-sized region deletes the slot (api.rst)
+  } else {
+    slots_[slot] = SlotInfo{mapping, offset, gpa, size, 0};
+  }
   return env.Undefined();
 }
 

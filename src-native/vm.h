@@ -4,7 +4,9 @@
 
 #include <napi.h>
 
+#include <map>
 #include <memory>
+#include <mutex>
 #include <vector>
 
 #include "vm_core.h"
@@ -12,15 +14,37 @@
 namespace kindling {
 
 /**
- * One anonymous guest memory mapping. Shared by the VM and the finalizer of the ArrayBuffer that
- * aliases it: close() unmaps it explicitly (and detaches the buffer); otherwise it is unmapped
- * when the last of the two lets go, so a buffer never outlives its memory.
+ * One guest memory mapping: anonymous (allocateMemory) or a private mapping of a snapshot's memory
+ * file (mapMemoryFile). Shared by the VM and the finalizer of the ArrayBuffer that aliases it:
+ * close() unmaps it explicitly (and detaches the buffer); otherwise it is unmapped when the last
+ * of the two lets go, so a buffer never outlives its memory. A memory-file worker on the thread
+ * pool pins it: an unmap requested meanwhile happens when the last pin goes.
  */
 struct Mapping {
   uint8_t* addr = nullptr;
   size_t size = 0;
+  /** MAP_PRIVATE of a file: untouched pages hold the file's bytes, not zeros. */
+  bool fileBacked = false;
+  /** Keeps the memory mapped until Unpin(); false if it is already unmapped or going. */
+  bool Pin();
+  void Unpin();
   void Unmap();
   ~Mapping() { Unmap(); }
+
+ private:
+  void UnmapLocked();
+  std::mutex mu_;
+  int pins_ = 0;
+  bool unmapRequested_ = false;
+};
+
+/** A KVM memory slot as last set through setUserMemoryRegion (to re-issue it with other flags). */
+struct SlotInfo {
+  std::shared_ptr<Mapping> mapping;
+  uint64_t offset = 0;
+  uint64_t guestPhysAddr = 0;
+  uint64_t size = 0;
+  uint32_t flags = 0;
 };
 
 class Vm : public Napi::ObjectWrap<Vm> {
@@ -60,8 +84,20 @@ class Vm : public Napi::ObjectWrap<Vm> {
   Napi::Value PauseVcpus(const Napi::CallbackInfo& info);
   Napi::Value ResumeVcpus(const Napi::CallbackInfo& info);
   Napi::Value Close(const Napi::CallbackInfo& info);
+  // Snapshots (vm_snapshot.cc).
+  Napi::Value SaveState(const Napi::CallbackInfo& info);
+  Napi::Value RestoreState(const Napi::CallbackInfo& info);
+  Napi::Value SetDirtyLogging(const Napi::CallbackInfo& info);
+  Napi::Value GetDirtyLog(const Napi::CallbackInfo& info);
+  Napi::Value MapMemoryFile(const Napi::CallbackInfo& info);
+  Napi::Value WriteMemoryFile(const Napi::CallbackInfo& info);
+  Napi::Value ReadMemoryFile(const Napi::CallbackInfo& info);
 
   int Fd(Napi::Env env, const char* op);
+  /** The live mapping behind a buffer from allocateMemory()/mapMemoryFile(), or null. */
+  std::shared_ptr<Mapping> FindMapping(Napi::Value buffer) const;
+  /** Registers a mapping and returns the ArrayBuffer that aliases it. */
+  Napi::Value AdoptMapping(Napi::Env env, const std::shared_ptr<Mapping>& mapping);
   /** Handles the records queued when it starts (see VmCore::FinishDrain for the rest). */
   void Drain(Napi::Env env);
   /** Runs DrainFromLoop again from setImmediate. */
@@ -79,6 +115,7 @@ class Vm : public Napi::ObjectWrap<Vm> {
 
   std::shared_ptr<VmCore> core_;
   std::vector<MemoryEntry> memory_;
+  std::map<uint32_t, SlotInfo> slots_;
   Napi::ObjectReference handlers_;
   Napi::FunctionReference onIo_;
   Napi::FunctionReference onEvent_;

@@ -177,6 +177,8 @@ class VmCore {
   void ResumeAll();
   /** Whether `v` is in a state where register ioctls are safe. */
   bool IsQuiescent(VcpuCore& v);
+  /** Where `v`'s thread is now. */
+  VcpuState StateOf(VcpuCore& v);
   void DefinePioGroup(uint32_t base, uint32_t len, uint32_t mask);  // caller validated
   bool PioGroupOverlaps(uint32_t base, uint32_t len);
   bool SetPioCache(uint32_t port, int64_t value, uint64_t seq);

@@ -164,6 +164,87 @@ export interface FdWatch {
   close(): void;
 }
 
+/**
+ * The whole architectural state of one vCPU, as {@link NativeVcpu.saveState} reads it. Every
+ * Buffer holds the kernel's structure byte for byte (`struct kvm_regs`, `kvm_sregs`…), so the
+ * state can be stored and given back to KVM unchanged; `null` where this host's KVM lacks the
+ * capability (then the fallback in brackets carries that state).
+ */
+export interface NativeVcpuState {
+  /** KVM_GET_MP_STATE (`KVM_MP_STATE_RUNNABLE` = 0, `UNINITIALIZED` = 1, `INIT_RECEIVED` = 2, `HALTED` = 3…). */
+  mpState: number;
+  /** `struct kvm_regs` (144 bytes). */
+  regs: Buffer;
+  /** `struct kvm_sregs` (312 bytes), the pending-interrupt bitmap included. */
+  sregs: Buffer;
+  /** `struct kvm_fpu` (416 bytes): x87/SSE state, used on restore only when `xsave` is null. */
+  fpu: Buffer;
+  /** The XSAVE area (KVM_GET_XSAVE2, else KVM_GET_XSAVE; 4096 bytes or more); null without KVM_CAP_XSAVE [fpu]. */
+  xsave: Buffer | null;
+  /** `struct kvm_xcrs` (392 bytes); null without KVM_CAP_XCRS. */
+  xcrs: Buffer | null;
+  /** `struct kvm_debugregs` (128 bytes); null without KVM_CAP_DEBUGREGS. */
+  debugregs: Buffer | null;
+  /** The LAPIC register page (`struct kvm_lapic_state`, 1024 bytes). */
+  lapic: Buffer;
+  /** `struct kvm_vcpu_events` (64 bytes): pending exception, interrupt, NMI, SIPI vector; null without KVM_CAP_VCPU_EVENTS. */
+  events: Buffer | null;
+  /** The MSRs read, as `struct kvm_msr_entry` records (16 bytes each: u32 index, u32 reserved, u64 data), in the order asked. */
+  msrs: Buffer;
+  /** MSRs that were asked for but KVM refused to read (saveState only; not restored). */
+  msrsUnreadable?: number[];
+  /** KVM_GET_TSC_KHZ: the guest TSC frequency; null without KVM_CAP_GET_TSC_KHZ (saveState only). */
+  tscKhz?: number | null;
+  /** The CPUID table the vCPU was given (KVM_GET_CPUID2), as `struct kvm_cpuid_entry2` records (40 bytes each). */
+  cpuid: Buffer | null;
+}
+
+/**
+ * The VM-wide in-kernel device state (`struct kvm_irqchip` for each chip, `kvm_pit_state2`,
+ * `kvm_clock_data`), byte for byte; null for a device the VM does not have.
+ */
+export interface NativeVmState {
+  /** 8259 master (`kvm_irqchip`, chip_id 0, 520 bytes). */
+  picMaster: Buffer | null;
+  /** 8259 slave (chip_id 1). */
+  picSlave: Buffer | null;
+  /** IOAPIC (chip_id 2). */
+  ioapic: Buffer | null;
+  /** i8254 PIT (`kvm_pit_state2`, 112 bytes). */
+  pit2: Buffer | null;
+  /** kvmclock (`kvm_clock_data`, 48 bytes). KVM_SET_CLOCK uses its `flags` (offset 8) as given. */
+  clock: Buffer | null;
+}
+
+/** Options of {@link NativeVm.writeMemoryFile}. */
+export interface WriteMemoryFileOptions {
+  /**
+   * Write exactly these pages (bit i, LSB first in byte i/8, is page i of the memory; one bit per
+   * 4 KiB page), zero pages included. Without it every page holding a non-zero byte is written.
+   */
+  pages?: Uint8Array;
+  /** fdatasync(2) the file before resolving. */
+  sync?: boolean;
+}
+
+/** What {@link NativeVm.writeMemoryFile} wrote. */
+export interface MemoryFileWriteResult {
+  /** Bytes written. */
+  bytes: number;
+  /** Pages written. */
+  pagesWritten: number;
+  /** Pages left as holes because they held only zeros (full writes). */
+  pagesZero: number;
+  /** Pages left as holes without being read because the guest never touched them (full writes of anonymous memory). */
+  pagesAbsent: number;
+}
+
+/** What {@link NativeVm.readMemoryFile} read. */
+export interface MemoryFileReadResult {
+  /** Bytes copied from the file's data extents. */
+  bytes: number;
+}
+
 /** `/dev/kvm`. */
 export interface NativeKvm {
   /** KVM_GET_API_VERSION (12 on every supported kernel). */
@@ -172,6 +253,8 @@ export interface NativeKvm {
   checkExtension(cap: number): number;
   /** KVM_GET_SUPPORTED_CPUID. */
   supportedCpuid(): CpuidEntry[];
+  /** KVM_GET_MSR_INDEX_LIST: the MSRs this KVM saves and emulates (the candidates for snapshots). */
+  msrIndexList(): number[];
   /** KVM_CREATE_VM (type 0). */
   createVm(): NativeVm;
   /** Closes the system fd (idempotent). */
@@ -187,7 +270,49 @@ export interface NativeVm {
    * that aliases the mapping (no copy). The mapping lives until `close()`, which detaches the buffer.
    */
   allocateMemory(size: number): ArrayBuffer;
-  /** KVM_SET_USER_MEMORY_REGION for `[offset, offset+size)` of a buffer from `allocateMemory`. */
+  /**
+   * Maps `size` bytes of the file at `path` (a snapshot's memory file) privately (MAP_PRIVATE |
+   * MAP_NORESERVE) and returns it as an ArrayBuffer like {@link allocateMemory}'s: pages load on
+   * first access, guest writes go to private copies, and VMs mapping the same file share the pages
+   * they only read. Throws NativeError `EINVAL` (ioctl 'mmap') when the file is shorter than `size`.
+   * The file must not change while it is mapped: pages the guest has not written yet show the
+   * file's current bytes, and a truncated file makes them fault (replace files by renaming).
+   */
+  mapMemoryFile(path: string, size: number): ArrayBuffer;
+  /**
+   * Writes a memory buffer of this VM to a new file at `path` (created or truncated, as large as
+   * the memory) on the thread pool; the JavaScript thread goes on meanwhile. Without
+   * `options.pages` only non-zero pages are written and the rest are holes (pages an anonymous
+   * mapping never touched are skipped without being read). Pause the vCPUs first: pages the guest
+   * changes during the write are caught half-way. The memory stays mapped until the write ends,
+   * even if the VM is closed meanwhile. Rejects with a NativeError naming the failed call.
+   */
+  writeMemoryFile(memory: ArrayBuffer, path: string, options?: WriteMemoryFileOptions): Promise<MemoryFileWriteResult>;
+  /**
+   * Copies the data extents of the file at `path` into a memory buffer of this VM on the thread
+   * pool (holes are skipped: they read as the zeros a fresh mapping already holds). The file must
+   * not be larger than the memory (`EFBIG`).
+   */
+  readMemoryFile(memory: ArrayBuffer, path: string): Promise<MemoryFileReadResult>;
+  /**
+   * Turns KVM's dirty-page log for a slot on or off (re-issues KVM_SET_USER_MEMORY_REGION with
+   * KVM_MEM_LOG_DIRTY_PAGES). Logging starts clean. RangeError for a slot that was not set up.
+   */
+  setDirtyLogging(slot: number, enabled: boolean): void;
+  /**
+   * KVM_GET_DIRTY_LOG: the pages of `slot` the guest wrote since logging started or since the last
+   * call (which this call clears), one bit per 4 KiB page of the slot, LSB first. Writes made by
+   * the host through the memory buffer are not in it. NativeError `ENOENT` when logging is off.
+   */
+  getDirtyLog(slot: number): Buffer;
+  /**
+   * Reads the in-kernel PIC, IOAPIC, PIT and kvmclock state. Every started vCPU must be paused
+   * (NativeError `EBUSY` otherwise).
+   */
+  saveState(): NativeVmState;
+  /** Writes the state back, in KVM's order: PIT, clock, PIC master, PIC slave, IOAPIC. Null fields are skipped. */
+  restoreState(state: NativeVmState): void;
+  /** KVM_SET_USER_MEMORY_REGION for `[offset, offset+size)` of a buffer from `allocateMemory` or `mapMemoryFile`. */
   setUserMemoryRegion(slot: number, guestPhysAddr: number, memory: ArrayBuffer, offset: number, size: number): void;
   /** KVM_SET_TSS_ADDR. */
   setTssAddr(addr: number): void;
@@ -277,6 +402,36 @@ export interface NativeVcpu {
   injectException(vector: number, errorCode?: number): void;
   /** Starts the run thread (once). */
   start(): void;
+  /**
+   * Where the run thread is: `'idle'` (not started), `'running'`, `'waiting'` (for a handler's
+   * answer, i.e. in the middle of an I/O instruction), `'parked'` (paused between instructions)
+   * or `'exited'`.
+   */
+  readonly runState: 'idle' | 'running' | 'waiting' | 'parked' | 'exited';
+  /**
+   * Reads the whole vCPU state for a snapshot, in KVM's order (MP state first, pending events
+   * last), with the MSRs `msrIndexes` (an MSR KVM refuses to read is listed in `msrsUnreadable`).
+   * Only valid while `runState` is `'idle'` or `'parked'`: a vCPU waiting for an I/O answer has
+   * not finished its instruction (NativeError `EBUSY`).
+   */
+  saveState(msrIndexes: readonly number[]): NativeVcpuState;
+  /**
+   * Writes a saved state back, in KVM's order: CPUID, MP state, regs, sregs, XSAVE (or FPU),
+   * XCRs, debug registers, LAPIC, MSRs (in the order given), events; then KVM_KVMCLOCK_CTRL.
+   * Every field is checked before the first ioctl (RangeError/TypeError: nothing changed). Same
+   * `runState` rule as {@link saveState}.
+   */
+  restoreState(state: NativeVcpuState): void;
+  /**
+   * KVM_GET_CPUID2: the CPUID table KVM holds for this vCPU. On ordinary KVM that is what
+   * setCpuid gave it; KVM on the emulated (PVM) hosts answers with the host CPU's own features
+   * (what the guest really sees there).
+   */
+  getCpuid(): CpuidEntry[];
+  /** KVM_GET_TSC_KHZ. */
+  getTscKhz(): number;
+  /** KVM_SET_TSC_KHZ (needs KVM_CAP_TSC_CONTROL); before restoreState, while idle or parked. */
+  setTscKhz(khz: number): void;
 }
 
 /** The addon's module object. */

@@ -26,17 +26,19 @@ describeKvm('pause and resume', () => {
     vm.on('resume', () => events.push('resume'));
     vm.on('serial', (c) => { output += c.toString('latin1'); });
     await vm.start();
+    // A function, so TypeScript does not narrow the state across the awaits that change it.
+    const state = (): string => vm.state;
     let cycles = 0;
-    while (vm.state === 'running' && cycles < 200) {
+    while (state() === 'running' && cycles < 200) {
       await vm.pause();
       await vm.pause(); // idempotent
-      expect(vm.state).toBe('paused');
+      expect(state()).toBe('paused');
       // Let everything queued before the pause drain, then check the guest is still.
       await new Promise((r) => setTimeout(r, 2));
       const before = output.length;
       await new Promise((r) => setTimeout(r, 3));
       expect(output.length).toBe(before);
-      if (vm.state !== 'paused') break;
+      if (state() !== 'paused') break;
       await vm.resume();
       cycles++;
       await new Promise((r) => setImmediate(r));
