@@ -15,7 +15,9 @@
  * @packageDocumentation
  */
 export { MicroVM } from './vm/microvm';
-export type { VmState, MicroVMEvents } from './vm/microvm';
+export type { VmState, MicroVMEvents, SnapshotOptions, RestoreOptions, ClonesOptions } from './vm/microvm';
+export type { SnapshotInfo } from './snapshot/snapshot';
+export type { MemoryFileWriteResult } from './native/types';
 export { KindlingError } from './errors';
 export { ConfigError } from './config';
 export type { ConfigErrorCode } from './config';

@@ -70,6 +70,12 @@ export interface Device<M extends object = object> {
    */
   restoreState(state: StateObject): void;
   /**
+   * Optional: resolves once the device has no host I/O in flight that could still write guest
+   * memory or its backend (a pause before a snapshot waits for it). Devices that complete
+   * everything synchronously need not have it.
+   */
+  drain?(): Promise<void>;
+  /**
    * Releases what the device holds (timers, backends). Called once, when the machine is torn down;
    * a rejection is reported in the machine's exit info and metrics, never thrown at the host.
    */

@@ -227,7 +227,7 @@ export interface WriteMemoryFileOptions {
   sync?: boolean;
 }
 
-/** What {@link NativeVm.writeMemoryFile} wrote. */
+/** What writing a memory file did (`NativeVm.writeMemoryFile`). */
 export interface MemoryFileWriteResult {
   /** Bytes written. */
   bytes: number;

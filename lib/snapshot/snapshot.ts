@@ -93,7 +93,7 @@ export interface TakeSnapshotOptions {
   sync?: boolean;
 }
 
-/** What {@link takeSnapshot} wrote. */
+/** What a snapshot wrote (`vm.snapshot()`, `takeSnapshot()`). */
 export interface SnapshotInfo {
   /** The snapshot directory. */
   dir: string;

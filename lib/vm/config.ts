@@ -77,6 +77,10 @@ export interface VmConfig {
   drives: DriveConfig[];
   /** Other virtio devices, in builder order, attached after the drives. */
   devices: DeviceSpec[];
+  /** KVM and host-side dirty-page tracking for diff snapshots. */
+  trackDirtyPages: boolean;
+  /** Firecracker's boot-timer device in the first virtio-mmio window. */
+  bootTimer: boolean;
 }
 
 const ID_RE = /^[A-Za-z0-9._-]{1,64}$/;
@@ -93,7 +97,7 @@ export function initialConfig(options: unknown = {}): VmConfig {
   if (typeof kvmPath !== 'string' || kvmPath.length === 0) {
     throw new ConfigError('INVALID_OPTION', 'kvmPath must be a non-empty string');
   }
-  return { id, kvmPath, hostQuirks, vcpus: 1, memoryMib: 128, drives: [], devices: [] };
+  return { id, kvmPath, hostQuirks, vcpus: 1, memoryMib: 128, drives: [], devices: [], trackDirtyPages: false, bootTimer: false };
 }
 
 /** Validates a vCPU count. */

@@ -31,9 +31,12 @@ export const VIRTIO_FIRST_IRQ = 5;
 /** The IOAPIC has 24 pins: GSIs 5..23 are free for virtio devices, so at most 19 of them. */
 export const MAX_VIRTIO_DEVICES = 24 - VIRTIO_FIRST_IRQ;
 
-/** Where the `index`-th virtio device (in attach order) is placed. */
-export function virtioPlacement(index: number): VirtioPlacement {
-  return { base: VIRTIO_MMIO_BASE + index * VIRTIO_MMIO_WINDOW, irq: VIRTIO_FIRST_IRQ + index };
+/**
+ * Where the `index`-th virtio device (in attach order) is placed. With the boot timer in the first
+ * window (Firecracker's layout), the virtio windows start one window later; GSIs do not move.
+ */
+export function virtioPlacement(index: number, bootTimer = false): VirtioPlacement {
+  return { base: VIRTIO_MMIO_BASE + (index + (bootTimer ? 1 : 0)) * VIRTIO_MMIO_WINDOW, irq: VIRTIO_FIRST_IRQ + index };
 }
 
 /** The `virtio_mmio.device=` command-line argument announcing a device at `p`. */
@@ -90,6 +93,8 @@ export interface DeviceManagerEnv {
    * set it up.
    */
   beforeNotify(): void;
+  /** The boot timer occupies the first virtio-mmio window (see {@link virtioPlacement}). */
+  bootTimer?: boolean;
 }
 
 /** See the module comment. */
@@ -113,6 +118,16 @@ export class DeviceManager {
   }
 
   /**
+   * Maps a non-virtio device on the MMIO bus at `[base, base+len)` (the boot timer).
+   * @throws DeviceError DUPLICATE_ID
+   */
+  attachMmio(device: Device & BusDevice, base: number, len: number): void {
+    this.claimId(device);
+    this.env.mmio.insert(base, len, device);
+    this.slots.set(device.id, { device });
+  }
+
+  /**
    * Attaches a virtio device: window, GSI, transport, irqfd, ioeventfds, bus mapping.
    * @throws DeviceError DUPLICATE_ID; a NativeError when KVM refuses the irqfd or an ioeventfd
    */
@@ -123,7 +138,7 @@ export class DeviceManager {
     }
     const { addon, vm, memory } = this.env;
     const index = this.virtioCount++;
-    const placement = virtioPlacement(index);
+    const placement = virtioPlacement(index, this.env.bootTimer);
     const irqFd = this.eventfd();
     vm.irqfd(irqFd, placement.irq);
     const transport = new MmioTransport(device, { mem: memory, irq: new IrqFdLine(addon, irqFd) });
@@ -153,6 +168,14 @@ export class DeviceManager {
   /** The device with `id`, or undefined. */
   get(id: string): Device | undefined {
     return this.slots.get(id)?.device;
+  }
+
+  /**
+   * Waits until no device has host I/O in flight (devices with an optional `drain()`, such as
+   * virtio-blk), so that guest memory and drive contents agree before a snapshot.
+   */
+  async drain(): Promise<void> {
+    await Promise.all([...this.slots.values()].map((s) => (s.device as { drain?: () => Promise<void> }).drain?.()));
   }
 
   /**

@@ -2,24 +2,32 @@
  * A running machine: the KVM VM, its memory, devices and vCPU threads, wired together.
  *
  * {@link startMachine} reads as the order things are built in: files, VM, memory, devices, boot
- * memory, vCPUs, exit dispatch, run. Teardown releases them in reverse, exactly once, whatever
- * failed. The `MicroVM` façade only sees the {@link MachineHandle} this returns: every call on it
- * is asynchronous, so that the same façade can later drive a machine in another process.
+ * memory, vCPUs, exit dispatch, run. {@link restoreMachine} builds the same machine from a
+ * snapshot: VM, memory from the memory file, the same devices in the same order with their saved
+ * state, vCPUs and VM state from the state file, run. Teardown releases everything in reverse,
+ * exactly once, whatever failed. The `MicroVM` façade only sees the {@link MachineHandle} these
+ * return: every call on it is asynchronous, so that the same façade can later drive a machine in
+ * another process.
  *
  * This is the only module outside `lib/native` that holds native handles.
  * @module
  */
 import { promises as fsp } from 'fs';
-import { GuestMemory } from '../memory/guest-memory';
+import { GuestMemory, type RegionSpec } from '../memory/guest-memory';
 import { IoBus, type IrqLine } from '../bus';
 import type { NativeAddon, NativeKvm, NativeVm, NativeVcpu } from '../native/types';
 import * as boot from '../boot';
 import * as cpu from '../cpu';
 import { Serial, SERIAL_CACHE_TRANSPARENT_WRITE_MASK, SERIAL_LSR_OFFSET } from '../devices/serial';
 import { I8042 } from '../devices/i8042';
-import type { DeviceKind } from '../devices/contract';
+import { BootTimer, BOOT_TIMER_MMIO_BASE, BOOT_TIMER_WINDOW_LEN, type BootDoneInfo } from '../devices/boot-timer';
+import type { DeviceKind, StateObject } from '../devices/contract';
 import type { VirtioDevice } from '../virtio/device';
 import { ConfigError } from '../config';
+import {
+  DirtyTrackingGuestMemory, SnapshotError, checkHostCompatibility, hostProfile, restoreMemory, restoreVcpus,
+  restoreVmState, takeSnapshot, type LoadedSnapshot, type MemoryRegionRecord, type SnapshotInfo, type SnapshotRef,
+} from '../snapshot';
 import { composeCmdline, orderedDrives, type VmConfig, type DeviceSpec } from './config';
 import { VmError } from './errors';
 import { DeviceManager } from './device-manager';
@@ -62,6 +70,8 @@ const KVM_PIT_SPEAKER_DUMMY = 1;
 /** Where KVM puts the 3-page TSS and the identity-map page that VMX real mode needs (Firecracker's choice). */
 const KVM_TSS_ADDRESS = 0xfffbd000;
 const KVM_IDENTITY_MAP_ADDRESS = 0xfffbc000;
+/** Version of the `machine` record a snapshot keeps (the configuration the machine is rebuilt from). */
+const MACHINE_RECORD_VERSION = 1;
 
 /** The kinds of virtio device the machine can build from a {@link DeviceSpec}, by kind. */
 export type DeviceKindRegistry = ReadonlyMap<string, DeviceKind<any, any, any, any>>; // eslint-disable-line @typescript-eslint/no-explicit-any
@@ -72,8 +82,16 @@ export interface MachineEvents {
   serialOutput(bytes: Uint8Array): void;
   /** Guest made room for more UART input. */
   serialInputSpace(): void;
+  /** The guest signalled boot completion through the boot timer. */
+  bootDone?(info: BootDoneInfo): void;
   /** The machine has ended and released everything. Called once. */
   exited(info: ExitInfo): void;
+}
+
+/** What `snapshot()` writes, and the machine it came from. */
+export interface MachineSnapshotOptions {
+  /** `'full'`, or `'diff'` (only pages written since the last snapshot; needs dirty-page tracking). */
+  type: 'full' | 'diff';
 }
 
 /**
@@ -98,6 +116,11 @@ export interface MachineHandle {
   pause(): Promise<void>;
   /** Lets paused vCPUs run again. Idempotent. */
   resume(): Promise<void>;
+  /**
+   * Writes a snapshot of the paused machine to `dir`: waits for device I/O in flight, then saves
+   * memory, vCPUs, VM and every device.
+   */
+  snapshot(dir: string, opts: MachineSnapshotOptions): Promise<SnapshotInfo>;
   /** Stops the machine; resolves once everything is released, with how it ended. */
   stop(): Promise<ExitInfo>;
 }
@@ -117,7 +140,7 @@ class KvmIrqLine implements IrqLine {
   }
 }
 
-/** What {@link startMachine} needs besides the configuration. */
+/** What {@link startMachine} and {@link restoreMachine} need besides the configuration. */
 export interface StartOptions {
   /** The native addon. */
   addon: NativeAddon;
@@ -127,6 +150,13 @@ export interface StartOptions {
   kinds?: DeviceKindRegistry;
   /** User-supplied device instances, by the id of their `config.devices` entry (kind `'custom'`). */
   customDevices?: ReadonlyMap<string, VirtioDevice>;
+}
+
+/** What a snapshot's `machine` record holds: enough to rebuild the machine around the saved state. */
+interface MachineRecord {
+  version: number;
+  config: VmConfig;
+  cmdline: string;
 }
 
 /**
@@ -139,8 +169,51 @@ export async function startMachine(config: VmConfig, opts: StartOptions): Promis
   // Read files before creating anything, so a vanished file costs no KVM set-up.
   const kernelImage = await readInput(config.kernel.path, 'kernel');
   const initrd = config.kernel.initrd ? await readInput(config.kernel.initrd, 'initrd') : undefined;
+  return withVm(config, opts.addon, async (kvm, vm) => {
+    const memSize = config.memoryMib * 1024 * 1024;
+    const buffer = vm.allocateMemory(memSize);
+    let offset = 0;
+    const regions = boot.memoryRegions(memSize).map((r, slot) => {
+      const rec = { guestAddr: r.guestAddr, size: r.size, fileOffset: offset, slot };
+      offset += r.size;
+      return rec;
+    });
+    const machine = new Machine(config, opts, kvm, vm, buffer, regions);
+    await machine.build({ kernelImage, initrd });
+    return machine;
+  });
+}
 
-  const { addon } = opts;
+/**
+ * Rebuilds a machine from a loaded snapshot: `config` is the snapshot's configuration with the
+ * caller's overrides (host resources: drive paths, ids). The vCPUs start paused when `paused`.
+ * @throws SnapshotError for a snapshot this host cannot run or whose state does not fit;
+ *   VmError / ConfigError / device errors as {@link startMachine}
+ */
+export async function restoreMachine(
+  snap: LoadedSnapshot, config: VmConfig, opts: StartOptions & { memory: 'map' | 'copy'; paused: boolean },
+): Promise<MachineHandle> {
+  return withVm(config, opts.addon, async (kvm, vm) => {
+    const buffer = await restoreMemory(vm, snap, opts.memory);
+    const machine = new Machine(config, opts, kvm, vm, buffer, snap.state.memory.regions);
+    await machine.build({ snapshot: snap, paused: opts.paused });
+    return machine;
+  });
+}
+
+/** A machine's configuration as a snapshot saved it (validated as it is read back). */
+export function machineConfigOf(snap: LoadedSnapshot): { config: VmConfig; cmdline: string } {
+  const m = snap.state.machine as unknown as Partial<MachineRecord>;
+  if (m === null || typeof m !== 'object' || m.version !== MACHINE_RECORD_VERSION || typeof m.config !== 'object' || m.config === null) {
+    throw new SnapshotError('BAD_STATE', `the snapshot's machine record is not version ${MACHINE_RECORD_VERSION} of Kindling's`, {
+      field: 'machine.version', expected: String(MACHINE_RECORD_VERSION), actual: String(m?.version),
+    });
+  }
+  return { config: m.config, cmdline: typeof m.cmdline === 'string' ? m.cmdline : '' };
+}
+
+/** Opens KVM, checks it, creates the VM and runs `build`; releases everything if it fails. */
+async function withVm(config: VmConfig, addon: NativeAddon, build: (kvm: NativeKvm, vm: NativeVm) => Promise<MachineHandle>): Promise<MachineHandle> {
   let kvm: NativeKvm;
   try {
     kvm = addon.openKvm(config.kvmPath);
@@ -151,10 +224,7 @@ export async function startMachine(config: VmConfig, opts: StartOptions): Promis
   try {
     checkKvm(kvm);
     vm = createVm(kvm);
-    const memory = allocateMemory(vm, config.memoryMib * 1024 * 1024);
-    const machine = new Machine(config, addon, kvm, vm, memory, opts.events, opts.kinds ?? BUILTIN_DEVICE_KINDS);
-    await machine.build(kernelImage, initrd, opts.customDevices ?? new Map());
-    return machine;
+    return await build(kvm, vm);
   } catch (e) {
     // A machine that got far enough has released everything itself (Machine.build); these are idempotent.
     try { vm?.close(); } catch { /* already failing */ }
@@ -191,28 +261,24 @@ function createVm(kvm: NativeKvm): NativeVm {
   return vm;
 }
 
-/** Guest RAM: one anonymous mapping, one KVM memory slot per region of the layout. */
-function allocateMemory(vm: NativeVm, memSize: number): GuestMemory {
-  const layout = boot.memoryRegions(memSize);
-  const buffer = vm.allocateMemory(memSize);
-  let offset = 0;
-  const specs = layout.map((r, slot) => {
-    vm.setUserMemoryRegion(slot, r.guestAddr, buffer, offset, r.size);
-    const spec = { guestAddr: r.guestAddr, buffer, byteOffset: offset, size: r.size };
-    offset += r.size;
-    return spec;
-  });
-  return new GuestMemory(specs);
-}
+/** How {@link Machine.build} fills the machine: from a kernel, or from a snapshot. */
+type BuildSource =
+  | { kernelImage: Buffer; initrd: Buffer | undefined }
+  | { snapshot: LoadedSnapshot; paused: boolean };
 
-/** See the module comment. Create with {@link startMachine}. */
+/** See the module comment. Create with {@link startMachine} or {@link restoreMachine}. */
 class Machine implements MachineHandle {
   private readonly pio = new IoBus();
   private readonly mmio = new IoBus();
+  private readonly memory: GuestMemory;
   private readonly devices: DeviceManager;
   private readonly serial: Serial;
   private readonly i8042: I8042;
+  private readonly bootTimer: BootTimer | undefined;
   private readonly dispatch: ExitDispatcher;
+  private readonly quirks: cpu.HostQuirks;
+  private readonly kinds: DeviceKindRegistry;
+  private readonly events: MachineEvents;
   private vcpus: NativeVcpu[] = [];
   private runningVcpus = 0;
   private exit: ExitInfo | undefined;
@@ -220,20 +286,30 @@ class Machine implements MachineHandle {
   private paused = false;
   private teardownDone: Promise<ExitInfo> | undefined;
   private closeErrors = 0;
-  private readonly quirks: cpu.HostQuirks;
+  /** The snapshot guest memory last matched (a diff's base). */
+  private parent: SnapshotRef | undefined;
   cmdline = '';
 
   constructor(
     private readonly config: VmConfig,
-    private readonly addon: NativeAddon,
+    private readonly opts: StartOptions,
     private readonly kvm: NativeKvm,
     private readonly vm: NativeVm,
-    private readonly memory: GuestMemory,
-    private readonly events: MachineEvents,
-    private readonly kinds: DeviceKindRegistry,
+    private readonly memoryBuffer: ArrayBuffer,
+    private readonly regions: readonly MemoryRegionRecord[],
   ) {
+    const { addon, events } = opts;
+    this.events = events;
+    this.kinds = opts.kinds ?? BUILTIN_DEVICE_KINDS;
     this.quirks = config.hostQuirks === 'auto' ? cpu.detectHostQuirks() : { emulatedKvm: config.hostQuirks === 'emulated-kvm' };
-    this.devices = new DeviceManager({ addon, vm, memory, pio: this.pio, mmio: this.mmio, beforeNotify: () => this.flushExits() });
+    for (const r of regions) vm.setUserMemoryRegion(r.slot, r.guestAddr, memoryBuffer, r.fileOffset, r.size);
+    const specs: RegionSpec[] = regions.map((r) => ({ guestAddr: r.guestAddr, buffer: memoryBuffer, byteOffset: r.fileOffset, size: r.size }));
+    // Diff snapshots need the pages the host writes too (KVM's dirty log sees only the guest's).
+    this.memory = config.trackDirtyPages ? new DirtyTrackingGuestMemory(specs) : new GuestMemory(specs);
+    if (config.trackDirtyPages) for (const r of regions) vm.setDirtyLogging(r.slot, true);
+    this.devices = new DeviceManager({
+      addon, vm, memory: this.memory, pio: this.pio, mmio: this.mmio, beforeNotify: () => this.flushExits(), bootTimer: config.bootTimer,
+    });
     this.serial = new Serial({
       irq: new KvmIrqLine(vm, SERIAL_IRQ),
       onOutput: (bytes) => events.serialOutput(bytes),
@@ -243,8 +319,11 @@ class Machine implements MachineHandle {
     });
     this.i8042 = new I8042({
       irq: new KvmIrqLine(vm, I8042_IRQ),
-      onReset: () => this.finish({ reason: 'reset' }),
+      onReset: () => void this.finish({ reason: 'reset' }),
     });
+    this.bootTimer = config.bootTimer
+      ? new BootTimer({ clock: () => process.hrtime.bigint(), onBootDone: (info) => events.bootDone?.(info) })
+      : undefined;
     this.dispatch = new ExitDispatcher({
       pio: this.pio,
       mmio: this.mmio,
@@ -254,37 +333,34 @@ class Machine implements MachineHandle {
     });
   }
 
-  /** Devices, guest memory contents, vCPUs, then run. Releases everything if any step fails. */
-  async build(kernelImage: Buffer, initrd: Buffer | undefined, custom: ReadonlyMap<string, VirtioDevice>): Promise<void> {
-    const { config, vm, memory } = this;
+  /** Devices, guest memory contents (or saved state), vCPUs, then run. Releases everything if any step fails. */
+  async build(src: BuildSource): Promise<void> {
+    const { config, vm } = this;
     try {
-
-      // Legacy devices; LSR polls of the UART are answered by the vCPU threads from a cache.
-      this.devices.attachPio(this.serial, SERIAL_PORT_BASE, SERIAL_PORT_LEN);
-      this.devices.attachPio(this.i8042, I8042_PORT_BASE, I8042_PORT_LEN);
-      vm.definePioReadCache(SERIAL_PORT_BASE, SERIAL_PORT_LEN, SERIAL_CACHE_TRANSPARENT_WRITE_MASK);
-
-      // virtio devices, in announcement order: the root drive first (/dev/vda), then the other
-      // drives, then every other device in builder order.
-      const drives: DeviceSpec[] = orderedDrives(config.drives).map((d) => ({ kind: blockDeviceKind.kind, id: d.id, config: d }));
-      for (const spec of [...drives, ...config.devices]) await this.addDevice(spec, custom);
-
-      // Guest memory contents.
-      const kernel = boot.loadKernel(memory, kernelImage);
-      this.cmdline = composeCmdline(config.kernel!.cmdline, {
-        root: config.drives.find((d) => d.root),
-        announcements: this.devices.announcements(),
-        extra: this.quirks.emulatedKvm ? cpu.quirkCmdlineArgs() : [],
-      });
-      boot.setupBootMemory(memory, {
-        kernel,
-        cmdline: this.cmdline,
-        initrd,
-        vcpuCount: config.vcpus,
-        memSize: config.memoryMib * 1024 * 1024,
-      });
-
-      this.vcpus.push(...createVcpus(this.kvm, vm, { count: config.vcpus, entry: kernel.entry, quirks: this.quirks }));
+      await this.attachDevices();
+      if ('snapshot' in src) {
+        this.restoreState(src.snapshot);
+        // A paused restore starts its threads parked: they wait for resume() before KVM_RUN.
+        if (src.paused) {
+          this.paused = true;
+          vm.pauseVcpus();
+        }
+      } else {
+        const kernel = boot.loadKernel(this.memory, src.kernelImage);
+        this.cmdline = composeCmdline(config.kernel!.cmdline, {
+          root: config.drives.find((d) => d.root),
+          announcements: this.devices.announcements(),
+          extra: this.quirks.emulatedKvm ? cpu.quirkCmdlineArgs() : [],
+        });
+        boot.setupBootMemory(this.memory, {
+          kernel,
+          cmdline: this.cmdline,
+          initrd: src.initrd,
+          vcpuCount: config.vcpus,
+          memSize: config.memoryMib * 1024 * 1024,
+        });
+        this.vcpus.push(...createVcpus(this.kvm, vm, { count: config.vcpus, entry: kernel.entry, quirks: this.quirks }));
+      }
       vm.setExitHandlers({
         io: (kind, _vcpu, addr, size, value, seq) => this.dispatch.io(kind, addr, size, value, seq),
         event: (vcpu, info) => this.dispatch.event(vcpu, info),
@@ -300,10 +376,25 @@ class Machine implements MachineHandle {
     }
   }
 
-  private async addDevice(spec: DeviceSpec, custom: ReadonlyMap<string, VirtioDevice>): Promise<void> {
-    const instance = custom.get(spec.id);
+  /**
+   * Every device, in the one order both boot and restore use: UART, i8042, the boot timer, the
+   * root drive, the other drives, then the other virtio devices in builder order.
+   */
+  private async attachDevices(): Promise<void> {
+    this.devices.attachPio(this.serial, SERIAL_PORT_BASE, SERIAL_PORT_LEN);
+    this.devices.attachPio(this.i8042, I8042_PORT_BASE, I8042_PORT_LEN);
+    // LSR polls of the UART are answered by the vCPU threads from a cache.
+    this.vm.definePioReadCache(SERIAL_PORT_BASE, SERIAL_PORT_LEN, SERIAL_CACHE_TRANSPARENT_WRITE_MASK);
+    if (this.bootTimer) this.devices.attachMmio(this.bootTimer, BOOT_TIMER_MMIO_BASE, BOOT_TIMER_WINDOW_LEN);
+    const drives: DeviceSpec[] = orderedDrives(this.config.drives).map((d) => ({ kind: blockDeviceKind.kind, id: d.id, config: d }));
+    for (const spec of [...drives, ...this.config.devices]) await this.addDevice(spec);
+  }
+
+  private async addDevice(spec: DeviceSpec): Promise<void> {
+    const instance = this.opts.customDevices?.get(spec.id);
     let device: VirtioDevice;
-    if (spec.kind === 'custom' && instance) {
+    if (spec.kind === 'custom') {
+      if (!instance) throw new ConfigError('INVALID_DEVICE', `device ${spec.id} is a device of your own: pass an instance for it`);
       device = instance;
     } else {
       const kind = this.kinds.get(spec.kind);
@@ -318,6 +409,23 @@ class Machine implements MachineHandle {
     }
   }
 
+  /** Restores vCPUs, VM and device state from a snapshot into this freshly built machine. */
+  private restoreState(snap: LoadedSnapshot): void {
+    const { state } = snap;
+    for (let id = 0; id < state.vcpuCount; id++) this.vcpus.push(this.vm.createVcpu(id));
+    const host = hostProfile(this.kvm, this.vm, this.vcpus[0]);
+    checkHostCompatibility(state, host);
+    restoreVcpus(this.vcpus, state, host);
+    restoreVmState(this.vm, state);
+    try {
+      this.devices.restoreState(state.devices);
+    } catch (e) {
+      throw new SnapshotError('BAD_STATE', `restoring the devices failed: ${(e as Error).message}`, { field: 'devices', cause: e });
+    }
+    this.cmdline = machineConfigOf(snap).cmdline;
+    this.parent = { snapshotId: state.snapshotId, layoutChecksum: state.memory.layoutChecksum };
+  }
+
   /** Host capabilities for device factories; grows as devices need native services. */
   private host(): unknown {
     return { memory: this.memory };
@@ -328,7 +436,7 @@ class Machine implements MachineHandle {
     try {
       this.vm.flushExits();
     } catch (e) {
-      this.finish({ reason: 'error', message: `handling vCPU exits failed: ${(e as Error).message}` });
+      void this.finish({ reason: 'error', message: `handling vCPU exits failed: ${(e as Error).message}` });
     }
   }
 
@@ -342,7 +450,7 @@ class Machine implements MachineHandle {
   private onVcpuStopped(): void {
     this.runningVcpus--;
     // A vCPU that ended without a reason (e.g. a fatal KVM_RUN error already reported) ends the VM.
-    if (this.runningVcpus <= 0) this.finish({ reason: 'error', message: 'all vCPUs stopped' });
+    if (this.runningVcpus <= 0) void this.finish({ reason: 'error', message: 'all vCPUs stopped' });
   }
 
   /**
@@ -396,15 +504,48 @@ class Machine implements MachineHandle {
     if (this.ended || this.paused) return;
     this.paused = true;
     this.vm.pauseVcpus();
-    // A vCPU that was waiting for an answer (an MMIO or port read) counts as parked; answer it
-    // now so that it completes its instruction and parks properly.
-    this.flushExits();
+    // A vCPU that was waiting for an answer (an MMIO or port read) counts as paused but is in the
+    // middle of an instruction: answer it, so it completes the instruction and parks. Repeat until
+    // every vCPU is parked (an answered vCPU may post more exits before it parks).
+    for (let i = 0; i < 1000 && this.vcpus.some((v) => v.runState !== 'parked' && v.runState !== 'idle' && v.runState !== 'exited'); i++) {
+      this.flushExits();
+      if (this.ended) return;
+      this.vm.pauseVcpus();
+    }
   }
 
   async resume(): Promise<void> {
     if (this.ended || !this.paused) return;
     this.paused = false;
     this.vm.resumeVcpus();
+  }
+
+  async snapshot(dir: string, opts: MachineSnapshotOptions): Promise<SnapshotInfo> {
+    if (this.ended) throw new ConfigError('NOT_RUNNING', 'the VM has ended');
+    if (!this.paused) throw new SnapshotError('NOT_PAUSED', 'pause the VM before taking a snapshot', { field: 'state', expected: 'paused', actual: 'running' });
+    if (opts.type === 'diff' && !this.config.trackDirtyPages) {
+      throw new SnapshotError('BAD_ARGUMENT', 'diff snapshots need trackDirtyPages(true) on the VM', { field: 'type' });
+    }
+    // Drive contents and guest memory must agree: let device I/O in flight complete first, and
+    // hand over UART output collected so far.
+    await this.devices.drain();
+    this.serial.flush();
+    const record: MachineRecord = { version: MACHINE_RECORD_VERSION, config: this.config, cmdline: this.cmdline };
+    const info = await takeSnapshot(dir, {
+      kvm: this.kvm,
+      vm: this.vm,
+      vcpus: this.vcpus,
+      memory: { buffer: this.memoryBuffer, regions: this.regions },
+      devices: this.devices.saveState(),
+      machine: JSON.parse(JSON.stringify(record)) as StateObject,
+    }, {
+      type: opts.type,
+      parent: this.parent,
+      dirtyLogging: this.config.trackDirtyPages,
+      hostDirty: this.memory instanceof DirtyTrackingGuestMemory ? this.memory.hostDirty : undefined,
+    });
+    this.parent = { snapshotId: info.snapshotId, layoutChecksum: info.layoutChecksum };
+    return info;
   }
 
   async serialInput(bytes: Uint8Array): Promise<number> {

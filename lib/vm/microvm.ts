@@ -6,7 +6,8 @@ import { EventEmitter } from 'eventemitter3';
 import type { Duplex } from 'stream';
 import { loadNative } from '../native/binding';
 import type { NativeAddon } from '../native/types';
-import { ConfigError, describe } from '../config';
+import { ConfigError, describe, checkBoolean, checkInteger, checkOneOf, checkOptionsObject } from '../config';
+import { loadSnapshot, type LoadedSnapshot, type SnapshotInfo } from '../snapshot';
 import * as cpu from '../cpu';
 import type { VirtioDevice } from '../virtio/device';
 import { checkDriveOptions, checkDriveUpdate, type DriveOptions, type DriveUpdate } from '../devices/block/config';
@@ -14,7 +15,8 @@ import {
   VmConfig, MicroVMOptions, KernelOptions,
   initialConfig, checkVcpus, checkMemory, checkKernel, composeCmdline, orderedDrives,
 } from './config';
-import { startMachine, type MachineHandle, type ExitInfo } from './machine';
+import { startMachine, restoreMachine, machineConfigOf, type MachineHandle, type MachineEvents, type ExitInfo } from './machine';
+import { restoredConfig } from './restore-config';
 import { MAX_VIRTIO_DEVICES, announcement, virtioPlacement } from './device-manager';
 import { SerialStream } from './serial-stream';
 import type { VmMetrics } from './metrics';
@@ -35,6 +37,50 @@ export interface MicroVMEvents {
   pause: () => void;
   /** The vCPUs run again after a pause. */
   resume: () => void;
+  /**
+   * The guest signalled boot completion through the boot timer (see {@link MicroVM.bootTimer}):
+   * milliseconds since `start()` began (or since the restore began, for a restored VM).
+   */
+  bootDone: (ms: number) => void;
+}
+
+/** Options of {@link MicroVM.snapshot}. */
+export interface SnapshotOptions {
+  /**
+   * `'full'` (default) writes all guest memory (never-touched pages stay holes); `'diff'` only the
+   * pages written since the VM's previous snapshot or the snapshot it was restored from (needs
+   * {@link MicroVM.trackDirtyPages}); a diff is restored after merging it onto its base.
+   */
+  type?: 'full' | 'diff';
+}
+
+/** Options of {@link MicroVM.restore}: the host resources of the restored VM. */
+export interface RestoreOptions {
+  /** The new VM's id (default: a fresh one; the snapshot's id is not reused). */
+  id?: string;
+  /** Start the vCPUs at once (default `true`); with `false` the VM is `'paused'` until `resume()`. */
+  resume?: boolean;
+  /**
+   * `'map'` (default): guest memory is the memory file mapped copy-on-write, pages load when the
+   * guest touches them and VMs restored from one file share what they only read. `'copy'`: the
+   * file is read into fresh memory (the VM then does not depend on the file).
+   */
+  memory?: 'map' | 'copy';
+  /** Per-drive overrides: another backing file (e.g. a copy of the root filesystem for a clone). */
+  drives?: Record<string, {
+    /** The backing file to use instead of the one the snapshot names. */
+    path: string;
+  }>;
+  /** Instances for devices of your own (`vm.device()`), by id: fresh ones, given the saved state. */
+  devices?: Record<string, VirtioDevice>;
+}
+
+/** Options of {@link MicroVM.clones}. */
+export interface ClonesOptions {
+  /** How many VMs (1-1024). */
+  count: number;
+  /** Adjusts each clone's restore options (a distinct drive copy, id…); gets the defaults. */
+  prepare?: (index: number, options: RestoreOptions) => RestoreOptions;
 }
 
 /**
@@ -164,6 +210,32 @@ export class MicroVM extends EventEmitter<MicroVMEvents> {
     return this;
   }
 
+  /**
+   * Tracks the pages the guest and the devices write (KVM dirty logging), so that
+   * `snapshot(dir, { type: 'diff' })` can write only those. Costs a little on every guest write.
+   * @throws ConfigError INVALID_OPTION
+   */
+  trackDirtyPages(enable = true): this {
+    this.configurable();
+    if (typeof enable !== 'boolean') throw new ConfigError('INVALID_OPTION', `trackDirtyPages() takes a boolean, not ${describe(enable)}`);
+    this.config.trackDirtyPages = enable;
+    return this;
+  }
+
+  /**
+   * Adds Firecracker's boot-timer device: a guest writes the byte 123 to guest physical
+   * 0xd0000000 when it has booted, and the VM emits `'bootDone'` with the milliseconds since
+   * `start()`. As in Firecracker, the virtio-mmio windows then start one page higher.
+   * @throws ConfigError INVALID_OPTION / INVALID_CMDLINE
+   */
+  bootTimer(enable = true): this {
+    this.configurable();
+    if (typeof enable !== 'boolean') throw new ConfigError('INVALID_OPTION', `bootTimer() takes a boolean, not ${describe(enable)}`);
+    this.checkCmdlineFits({ ...this.config, bootTimer: enable });
+    this.config.bootTimer = enable;
+    return this;
+  }
+
   private checkDeviceId(id: string): void {
     if (this.config.drives.some((d) => d.id === id) || this.config.devices.some((d) => d.id === id) || id === 'serial' || id === 'i8042') {
       throw new ConfigError('DUPLICATE_ID', `a device with id ${id} is already configured`);
@@ -180,7 +252,7 @@ export class MicroVM extends EventEmitter<MicroVMEvents> {
       throw new ConfigError('TOO_MANY_DEVICES', `at most ${MAX_VIRTIO_DEVICES} virtio devices fit the interrupt controller`);
     }
     if (!next.kernel) return;
-    const announcements = Array.from({ length: count }, (_, i) => announcement(virtioPlacement(i)));
+    const announcements = Array.from({ length: count }, (_, i) => announcement(virtioPlacement(i, next.bootTimer)));
     composeCmdline(next.kernel.cmdline, {
       root: orderedDrives(next.drives).find((d) => d.root),
       announcements,
@@ -219,27 +291,94 @@ export class MicroVM extends EventEmitter<MicroVMEvents> {
     return this.starting;
   }
 
-  private async doStart(): Promise<void> {
+  private async doStart(launch?: (events: MachineEvents, addon: NativeAddon) => Promise<MachineHandle>, paused = false): Promise<void> {
+    const startedAt = performance.now();
+    const events: MachineEvents = {
+      serialOutput: (bytes) => {
+        const chunk = Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+        this.emit('serial', chunk);
+        this.serialStream?.output(chunk);
+      },
+      serialInputSpace: () => this.serialStream?.inputSpace(),
+      bootDone: () => this.emit('bootDone', performance.now() - startedAt),
+      exited: (info) => this.onExited(info),
+    };
     try {
-      this.handle = await startMachine(this.config, {
-        addon: this.addonLoader(),
-        customDevices: this.customDevices,
-        events: {
-          serialOutput: (bytes) => {
-            const chunk = Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
-            this.emit('serial', chunk);
-            this.serialStream?.output(chunk);
-          },
-          serialInputSpace: () => this.serialStream?.inputSpace(),
-          exited: (info) => this.onExited(info),
-        },
-      });
+      const addon = this.addonLoader();
+      this.handle = launch
+        ? await launch(events, addon)
+        : await startMachine(this.config, { addon, customDevices: this.customDevices, events });
     } catch (e) {
       this.onExited({ reason: 'error', message: (e as Error).message }, false);
       throw e;
     }
-    if (this.stateValue === 'starting') this.stateValue = 'running';
+    if (this.stateValue === 'starting') this.stateValue = paused ? 'paused' : 'running';
     if (this.stateValue !== 'exited') this.attachSerial();
+  }
+
+  /**
+   * Writes a snapshot of the VM to `dir` (created if needed; a snapshot already there is replaced):
+   * `memory` (guest RAM, sparse) and `state` (versioned, checksummed: vCPUs, VM, every device, the
+   * configuration). The VM must be paused; device I/O in flight completes first, and drive
+   * contents are the user's (a file-backed drive's writes are already in its file).
+   * @throws SnapshotError NOT_PAUSED / BAD_ARGUMENT / IO_ERROR; ConfigError NOT_RUNNING
+   */
+  async snapshot(dir: string, options: SnapshotOptions = {}): Promise<SnapshotInfo> {
+    if (typeof dir !== 'string' || dir.length === 0) throw new ConfigError('INVALID_OPTION', 'snapshot() needs a directory path');
+    const o = checkOptionsObject(options, ['type'], 'snapshot options', 'INVALID_OPTION');
+    const type = checkOneOf(o.type, 'snapshot type', 'INVALID_OPTION', ['full', 'diff'] as const, 'full');
+    return this.running().snapshot(dir, { type });
+  }
+
+  /**
+   * Creates a VM from a snapshot directory written by {@link MicroVM.snapshot} and starts it where
+   * the snapshot left off. The snapshot's configuration is reused; `options` supply what belongs
+   * to this host and this VM (its id, drive files, instances of your own devices).
+   * @throws SnapshotError naming what does not match (version, checksum, memory file size, CPU
+   *   features, vCPU count); ConfigError for bad options; VmError when KVM is missing
+   */
+  static async restore(dir: string, options: RestoreOptions = {}): Promise<MicroVM> {
+    return MicroVM.restoreLoaded(await loadSnapshot(dir), options);
+  }
+
+  /**
+   * Restores `count` VMs from one snapshot: the snapshot is read and checked once, and with
+   * `memory: 'map'` (the default) every clone maps the same memory file copy-on-write, so what
+   * the clones only read is in host memory once. `prepare(i, options)` gives each clone its own
+   * resources. Resolves when all run; if one fails, the others are stopped and the error is thrown.
+   */
+  static async clones(dir: string, options: ClonesOptions): Promise<MicroVM[]> {
+    const o = checkOptionsObject(options, ['count', 'prepare'], 'clones options', 'INVALID_OPTION');
+    const count = checkInteger(o.count, 'clones count', 'INVALID_OPTION', 1, 1024);
+    if (o.prepare !== undefined && typeof o.prepare !== 'function') throw new ConfigError('INVALID_OPTION', 'clones prepare must be a function');
+    const prepare = (o.prepare as ClonesOptions['prepare']) ?? ((_i: number, opts: RestoreOptions) => opts);
+    const snap = await loadSnapshot(dir);
+    const vms: MicroVM[] = [];
+    try {
+      for (let i = 0; i < count; i++) vms.push(await MicroVM.restoreLoaded(snap, prepare(i, {})));
+    } catch (e) {
+      await Promise.all(vms.map((vm) => vm.stop()));
+      throw e;
+    }
+    return vms;
+  }
+
+  private static async restoreLoaded(snap: LoadedSnapshot, options: RestoreOptions): Promise<MicroVM> {
+    const o = checkOptionsObject(options, ['id', 'resume', 'memory', 'drives', 'devices'], 'restore options', 'INVALID_OPTION');
+    const resume = checkBoolean(o.resume, 'restore resume', 'INVALID_OPTION', true);
+    const memory = checkOneOf(o.memory, 'restore memory', 'INVALID_OPTION', ['map', 'copy'] as const, 'map');
+    const saved = machineConfigOf(snap).config;
+    const vm = new MicroVM({ ...(o.id !== undefined ? { id: o.id as string } : {}), kvmPath: saved.kvmPath, hostQuirks: saved.hostQuirks });
+    // The saved configuration, checked again as any input, with this VM's host resources.
+    const config = restoredConfig(saved, vm.config.id, o.drives, o.devices, vm.customDevices);
+    Object.assign(vm.config, config);
+    vm.stateValue = 'starting';
+    vm.starting = vm.doStart(
+      (events, addon) => restoreMachine(snap, vm.config, { addon, events, customDevices: vm.customDevices, memory, paused: !resume }),
+      !resume,
+    );
+    await vm.starting;
+    return vm;
   }
 
   private onExited(info: ExitInfo, emit = true): void {
