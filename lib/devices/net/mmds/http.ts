@@ -86,7 +86,8 @@ export function parseHttpRequest(buf: Uint8Array, limits: HttpLimits = DEFAULT_H
   // RFC 9112 §2.2: ignore empty lines before the request line (bounded by the header limit).
   let start = 0;
   while (start < buf.length && start < limits.maxHeaderBytes && (buf[start] === CR || buf[start] === LF)) start++;
-  if (start >= buf.length) return start >= limits.maxHeaderBytes ? { kind: 'error', status: 413, reason: 'request header too large' } : { kind: 'incomplete' };
+  if (start >= limits.maxHeaderBytes) return { kind: 'error', status: 413, reason: 'request header too large' };
+  if (start >= buf.length) return { kind: 'incomplete' };
   const end = headerEnd(buf, start, start + limits.maxHeaderBytes + 1);
   if (end < 0) {
     return buf.length - start > limits.maxHeaderBytes

@@ -414,8 +414,9 @@ export class TcpResponder {
         break;
       }
     }
-    // The peer will send nothing more: whatever is left can never become a request.
-    if (conn.peerFin && conn.fin === 'none' && conn.send.length === 0) {
+    // The peer will send nothing more. Once every complete request has been answered (nothing
+    // left, or only an incomplete tail that can never complete), our FIN follows the last reply.
+    if (conn.peerFin && conn.fin === 'none' && (conn.recvLen === 0 || conn.send.length === 0)) {
       conn.fin = 'queued';
       conn.recvLen = 0;
     }
