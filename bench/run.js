@@ -8,8 +8,10 @@
 //   console    UART accesses that reach JavaScript per printed byte, Linux boot (needs /dev/kvm)
 //   queue      the split-virtqueue's own cost per request (mock driver, no KVM)
 //   block      virtio-blk host-side throughput (mock driver, file in page cache, no KVM)
+//   net        virtio-net host-side throughput (mock driver; TAP cases need root), VirtualSwitch,
+//              MMDS round trip
 //
-//   node bench/run.js [setup|density|console|queue|block ...]   (default: all)
+//   node bench/run.js [setup|density|console|queue|block|net ...]   (default: all)
 'use strict';
 const path = require('path');
 const fs = require('fs');
@@ -37,6 +39,7 @@ async function main() {
   }
   if (want('queue') && fs.existsSync(path.join(__dirname, 'queue.bench.ts'))) runTs('queue.bench.ts');
   if (want('block') && fs.existsSync(path.join(__dirname, 'block.bench.ts'))) runTs('block.bench.ts');
+  if (want('net') && fs.existsSync(path.join(__dirname, 'net.bench.ts'))) runTs('net.bench.ts');
 }
 
 main().catch((e) => {
