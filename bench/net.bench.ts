@@ -12,6 +12,9 @@
  *   tap tx→rx     guest A → TAP A → bridge (in the namespace) → TAP B → guest B: both devices'
  *                 transmit and receive paths and the kernel's forwarding, all on this one thread
  *                 (the kernel work runs in our syscalls), GSO frames kept whole end to end.
+ *   tap rx        a sender in the namespace (python3, AF_PACKET on the TAP, PACKET_VNET_HDR for
+ *                 GSO frames) → TAP → device → guest: the receive path alone; the sender runs in
+ *                 its own process, so "per core" counts only this process's CPU time.
  *   switch        guest A → VirtualSwitch → guest B (link backends: frames copied in JS).
  *   mmds          GET round trip: request frame in, response frames out, ACK (manual scheduler:
  *                 processing cost) and with setImmediate between steps (event-loop latency).
@@ -337,6 +340,70 @@ async function tapBridge(host: NetHost, size: 'small' | 'tso'): Promise<void> {
   }
 }
 
+/** Python sender: writes `frame` (hex) to interface `dev` as fast as it can, with a virtio header for GSO. */
+const SENDER = `
+import socket, sys, struct, time
+dev, frame, gso = sys.argv[1], bytes.fromhex(sys.argv[2]), int(sys.argv[3])
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+if gso:
+    s.setsockopt(263, 15, 1)  # SOL_PACKET, PACKET_VNET_HDR
+    # struct virtio_net_hdr: NEEDS_CSUM, GSO_TCPV4, hdr_len 54, gso_size 1448, csum_start 34, csum_offset 16
+    frame = struct.pack('<BBHHHH', 1, 1, 54, 1448, 34, 16) + frame
+s.bind((dev, 0))
+end = time.time() + float(sys.argv[4])
+send = s.send
+while time.time() < end:
+    for _ in range(256):
+        try:
+            send(frame)
+        except BlockingIOError:
+            pass
+        except OSError:
+            time.sleep(0.0001)
+`;
+
+async function tapRx(host: NetHost, size: 'small' | 'tso'): Promise<void> {
+  if (spawnSync('python3', ['-c', 'import socket; socket.AF_PACKET']).status !== 0) {
+    console.log('  tap rx: skipped (python3 with AF_PACKET is needed for the sender)');
+    return;
+  }
+  const ns = new Namespace();
+  try {
+    const tb = ns.tap('r');
+    const b = new Guest(createNetDevice(checkNicOptions('b', { tap: tb, mac: '06:00:00:00:00:0b', mtu: 65000 }), host));
+    ns.adopt(tb, 65000, '10.216.0.1/24');
+    b.postRx(QUEUE, 4096);
+    const frame = size === 'small' ? ethernet(MAC_B, MAC_A, 60) : tsoFrame(MAC_B, MAC_A, 65000).frame;
+    const { spawn } = await import('child_process');
+    const sender = spawn('ip', ['netns', 'exec', ns.ns, 'python3', '-c', SENDER, tb, Buffer.from(frame).toString('hex'), size === 'tso' ? '1' : '0', String(SECONDS + 1.5)], { stdio: ['ignore', 'ignore', 'inherit'] });
+    const exited = new Promise<void>((r) => sender.on('exit', () => r()));
+    // Warm up until frames flow.
+    for (let t = Date.now(); b.rxFrames < 1000 && Date.now() - t < 1000; ) {
+      await new Promise((r) => setTimeout(r, 1));
+      b.drainRx();
+    }
+    const rx0 = b.rxFrames;
+    const bytes0 = b.rxBytes;
+    const cpu0 = process.cpuUsage();
+    const t0 = process.hrtime.bigint();
+    let secs = 0;
+    while (secs < SECONDS) {
+      await turn();
+      b.drainRx();
+      secs = Number(process.hrtime.bigint() - t0) / 1e9;
+    }
+    const cpu = cpuSeconds(cpu0);
+    report(`tap rx ${size === 'small' ? '64 B' : '64 KiB GSO'}`, b.rxFrames - rx0, b.rxBytes - bytes0, secs, cpu);
+    const m = b.device.metrics();
+    if (m.rxDropsTruncated > 0) console.log(`    (truncated: ${m.rxDropsTruncated})`);
+    sender.kill();
+    await exited;
+    await b.device.close();
+  } finally {
+    ns.cleanup();
+  }
+}
+
 async function switchCase(size: 'small' | 'large'): Promise<void> {
   const sw = new VirtualSwitch({ portQueueFrames: 1024 });
   const none = {} as NetHost;
@@ -450,18 +517,31 @@ async function mmdsCase(): Promise<void> {
 
 async function main(): Promise<void> {
   console.log(`net: host-side virtio-net device throughput (mock driver, ${SECONDS} s per case)`);
+  // NET_BENCH_CASES=tap-tx,tap-bridge,switch,mmds runs a subset.
+  const only = process.env.NET_BENCH_CASES?.split(',');
+  const run = (name: string) => only === undefined || only.includes(name);
   const why = tapUnavailable();
   if (why) console.log(`  tap cases skipped: ${why}`);
   else {
     const host = new NativeNetHost(loadNative());
-    await tapTx(host, 'small');
-    await tapTx(host, 'tso');
-    await tapBridge(host, 'small');
-    await tapBridge(host, 'tso');
+    if (run('tap-tx')) {
+      await tapTx(host, 'small');
+      await tapTx(host, 'tso');
+    }
+    if (run('tap-rx')) {
+      await tapRx(host, 'small');
+      await tapRx(host, 'tso');
+    }
+    if (run('tap-bridge')) {
+      await tapBridge(host, 'small');
+      await tapBridge(host, 'tso');
+    }
   }
-  await switchCase('small');
-  await switchCase('large');
-  await mmdsCase();
+  if (run('switch')) {
+    await switchCase('small');
+    await switchCase('large');
+  }
+  if (run('mmds')) await mmdsCase();
 }
 
 main().catch((e) => {
