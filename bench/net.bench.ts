@@ -86,7 +86,7 @@ class Guest {
   }
 
   /** The frame every transmit carries (one buffer, shared by all chains: the device only reads it). */
-  setTxFrame(frame: Uint8Array, header = new Uint8Array(12)): void {
+  setTxFrame(frame: Uint8Array, header: Uint8Array = new Uint8Array(12)): void {
     this.txLen = 12 + frame.length;
     this.txAddr = this.alloc.alloc(this.txLen, 64);
     this.mem.write(this.txAddr, header);

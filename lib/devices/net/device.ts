@@ -587,16 +587,22 @@ export class NetDevice implements VirtioDevice<NetMetrics> {
    * not posted enough (notifications are then re-enabled so its next post wakes us).
    */
   private chainsFor(ctx: VirtioDeviceContext, q: Queue, bytes: number): HeldChain[] | null {
+    const n = this.heldFor(ctx, q, bytes);
+    return n < 0 ? null : this.held.slice(0, n);
+  }
+
+  /** {@link chainsFor} without the copy: how many of the held chains to use, -1 for none yet. */
+  private heldFor(ctx: VirtioDeviceContext, q: Queue, bytes: number): number {
     if (!this.mrg) {
-      if (this.held.length === 0 && !this.popRx(ctx, q)) return null;
-      return this.held[0].len >= bytes ? [this.held[0]] : [];
+      if (this.held.length === 0 && !this.popRx(ctx, q)) return -1;
+      return this.held[0].len >= bytes ? 1 : 0;
     }
     let total = 0;
     let n = 0;
     for (;;) {
       while (n < this.held.length && total < bytes) total += this.held[n++].len;
-      if (total >= bytes) return this.held.slice(0, n);
-      if (!this.popRx(ctx, q)) return null;
+      if (total >= bytes) return n;
+      if (!this.popRx(ctx, q)) return -1;
     }
   }
 
@@ -674,15 +680,17 @@ export class NetDevice implements VirtioDevice<NetMetrics> {
         tap.pause();
         return;
       }
-      const chains = this.chainsFor(ctx, q, this.mrg ? this.tapNeed : 0);
-      if (chains === null) {
+      // Without mergeable buffers the one chain is tried whatever its size (a frame that does not
+      // fit is dropped as truncated); with them, enough chains for the largest possible frame.
+      const k = this.mrg ? this.heldFor(ctx, q, this.tapNeed) : this.heldFor(ctx, q, 0);
+      if (k < 0) {
         // No buffers: frames wait in the TAP until the driver posts some (processQueue resumes).
         tap.pause();
         return;
       }
-      const use = this.mrg ? chains : [this.held[0]];
+      const held = this.held;
       spans.reset();
-      for (const c of use) for (const s of c.segs) spans.add(s.addr, s.len);
+      for (let i = 0; i < k; i++) for (const s of held[i].segs) spans.add(s.addr, s.len);
       let n: number;
       try {
         n = tap.readv(spans);
@@ -705,17 +713,30 @@ export class NetDevice implements VirtioDevice<NetMetrics> {
         this.counters.rxDropsRunt++;
         continue;
       }
+      const bytes = n - VNET_HDR_SIZE;
+      if (n <= held[0].len) {
+        // The common case: the frame fits in the first chain.
+        const c = held.shift()!;
+        this.fixRxHeader(ctx.mem, c, 1);
+        if (!this.admitRx(bytes)) {
+          this.deferred = { chains: [c], lens: [n], bytes };
+          tap.pause();
+          return;
+        }
+        if (!this.addUsed(ctx, q, NET_RX_QUEUE, c.headIndex, n)) return;
+        this.counters.rxFrames++;
+        this.counters.rxBytes += bytes;
+        continue;
+      }
       let count = 0;
       const lens: number[] = [];
       for (let left = n; left > 0; count++) {
-        const l = Math.min(left, use[count].len);
+        const l = Math.min(left, held[count].len);
         lens.push(l);
         left -= l;
       }
-      const used = use.slice(0, count);
+      const used = held.splice(0, count);
       this.fixRxHeader(ctx.mem, used[0], count);
-      this.held.splice(0, count);
-      const bytes = n - VNET_HDR_SIZE;
       if (!this.admitRx(bytes)) {
         this.deferred = { chains: used, lens, bytes };
         tap.pause();
