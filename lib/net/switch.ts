@@ -94,6 +94,8 @@ export interface SwitchMetrics {
   readonly aged: number;
   /** Entries evicted because the table was full. */
   readonly evicted: number;
+  /** Each attached port's counters, by port number. */
+  readonly portMetrics: Readonly<Record<number, SwitchPortMetrics>>;
 }
 
 /** One entry of {@link VirtualSwitch.macTable}. */
@@ -121,7 +123,11 @@ function macText(key: number): string {
   return key.toString(16).padStart(12, '0').replace(/(..)(?=.)/g, '$1:');
 }
 
-/** A port of a {@link VirtualSwitch}: an objectMode Duplex, one Buffer per frame each way. */
+/**
+ * A port of a {@link VirtualSwitch}: an objectMode Duplex, one Buffer per frame each way. Users
+ * see it as a Duplex (from {@link VirtualSwitch.attach}); its number and counters are available
+ * through the switch.
+ */
 export class SwitchPort extends Duplex {
   /** Port number, unique within its switch. */
   readonly portId: number;
@@ -201,15 +207,25 @@ export class VirtualSwitch {
   }
 
   /**
-   * A new port: write frames to it to send them into the switch, read it (or listen for 'data')
-   * to receive what the switch forwards to it. Destroy it to leave the switch.
+   * A new port, an objectMode Duplex: write frames (Buffers) to it to send them into the switch,
+   * read it (or listen for 'data') to receive what the switch forwards to it. Destroy it to leave
+   * the switch.
    * @throws SwitchError CLOSED
    */
-  attach(): SwitchPort {
+  attach(): Duplex {
+    return this.attachPort();
+  }
+
+  private attachPort(): SwitchPort {
     if (this.closed) throw new SwitchError('CLOSED', 'the switch is closed');
     const port = new SwitchPort(this, this.nextPort++, this.portQueue);
     this.ports.set(port.portId, port);
     return port;
+  }
+
+  /** The number of a port this switch attached (as in {@link macTable} and metrics), or undefined. */
+  portNumber(port: Duplex): number | undefined {
+    return port instanceof SwitchPort && this.ports.get(port.portId) === port ? port.portId : undefined;
   }
 
   /**
@@ -218,11 +234,11 @@ export class VirtualSwitch {
    * Returns the two ports; destroying either disconnects the switches.
    * @throws SwitchError LOOP, CLOSED
    */
-  connect(other: VirtualSwitch): [SwitchPort, SwitchPort] {
+  connect(other: VirtualSwitch): [Duplex, Duplex] {
     if (this.closed || other.closed) throw new SwitchError('CLOSED', 'the switch is closed');
     if (other === this || this.reaches(other)) throw new SwitchError('LOOP', 'the switches are already connected: another link would close a loop');
-    const a = this.attach();
-    const b = other.attach();
+    const a = this.attachPort();
+    const b = other.attachPort();
     a.pipe(b);
     b.pipe(a);
     this.neighbours.add(other);
@@ -325,7 +341,7 @@ export class VirtualSwitch {
   }
 
   /** Counters of the switch and of each port (by port number). */
-  metrics(): SwitchMetrics & { portMetrics: Record<number, SwitchPortMetrics> } {
+  metrics(): SwitchMetrics {
     const portMetrics: Record<number, SwitchPortMetrics> = {};
     for (const p of this.ports.values()) portMetrics[p.portId] = p.metrics();
     return { ...this.c, ports: this.ports.size, macEntries: this.table.size, portMetrics };

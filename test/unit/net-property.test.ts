@@ -22,7 +22,7 @@ import {
   type StreamStep,
 } from '../../lib/devices/net';
 import { TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN } from '../../lib/devices/net/mmds/packet';
-import { VirtualSwitch } from '../../lib/net/switch';
+import { VirtualSwitch, type SwitchPort } from '../../lib/net/switch';
 import { FakeTime } from './helpers/fake-time';
 import { FakeNetHost, RigArena, concat, ethFrame, postRx, receive, type NetRig } from './helpers/fake-net';
 import { VNET_HDR_SIZE } from '../../lib/devices/net/constants';
@@ -161,7 +161,7 @@ describe('switch properties', () => {
         fc.array(fc.record({ port: fc.integer({ min: 0, max: 3 }), dst: fc.integer({ min: 0, max: 5 }), src: fc.integer({ min: 0, max: 5 }), len: fc.integer({ min: 0, max: 100 }) }), { maxLength: 40 }),
         (ops) => {
           const sw = new VirtualSwitch({ portQueueFrames: 8, maxMacEntries: 3 });
-          const ports = [sw.attach(), sw.attach(), sw.attach(), sw.attach()];
+          const ports = [sw.attach(), sw.attach(), sw.attach(), sw.attach()] as SwitchPort[];
           const mac = (n: number) => (n === 5 ? new Uint8Array(6).fill(0xff) : Uint8Array.from([n === 4 ? 1 : 2, 0, 0, 0, 0, n]));
           let valid = 0;
           for (const o of ops) {

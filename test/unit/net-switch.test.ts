@@ -11,7 +11,7 @@ const mac = (n: number) => Uint8Array.from([0x02, 0, 0, 0, 0, n]);
 
 /** Attaches a port and records what the switch delivers to it. */
 async function listen(sw: VirtualSwitch): Promise<{ port: SwitchPort; got: Buffer[] }> {
-  const port = sw.attach();
+  const port = sw.attach() as SwitchPort;
   const got: Buffer[] = [];
   port.on('data', (f: Buffer) => got.push(f));
   await tick();
@@ -73,7 +73,9 @@ describe('VirtualSwitch', () => {
   it('drops invalid frames and frames for a port nobody reads beyond its queue', async () => {
     const sw = new VirtualSwitch({ portQueueFrames: 4 });
     const a = await listen(sw);
-    const idle = sw.attach(); // never read
+    const idle = sw.attach() as SwitchPort; // never read
+    expect(sw.portNumber(idle)).toBe(idle.portId);
+    expect(sw.portNumber(new VirtualSwitch().attach())).toBeUndefined();
     a.port.write(Buffer.alloc(10));
     a.port.write(frame(BROADCAST, Uint8Array.from([1, 0, 0, 0, 0, 1]))); // multicast source
     a.port.write('text');
