@@ -11,26 +11,32 @@ export class NativeNetHost implements NetHost {
   /** @param addon the loaded addon (`loadNative()`) */
   constructor(private readonly addon: NativeAddon) {}
 
+  /** See {@link NetHost.openTap}. */
   openTap(name: string): TapInfo {
     return this.addon.openTap(name);
   }
 
+  /** See {@link NetHost.setTapOffload}. */
   setTapOffload(fd: number, flags: number): void {
     this.addon.tapSetOffload(fd, flags);
   }
 
+  /** See {@link NetHost.readv}. */
   readv(fd: number, list: SpanList): number {
     return this.addon.readvSpans(fd, list.buffers, list.spans, list.count);
   }
 
+  /** See {@link NetHost.writev}. */
   writev(fd: number, list: SpanList): number {
     return this.addon.writevSpans(fd, list.buffers, list.spans, list.count);
   }
 
+  /** See {@link NetHost.watchReadable}. */
   watchReadable(fd: number, onReadable: () => void): FdPoll {
     return this.addon.watchFd(fd, onReadable);
   }
 
+  /** See {@link NetHost.closeFd}. */
   closeFd(fd: number): void {
     this.addon.closeFd(fd);
   }
