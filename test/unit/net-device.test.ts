@@ -280,7 +280,7 @@ describe('receive from a TAP', () => {
   const tapFrame = (len: number, flags = 0) => concat(encodeVnetHeader({ flags }), ethFrame(MAC_A, MAC_B, ETH_IP, len - 14));
 
   it('reads frames straight into mergeable buffers and sets num_buffers', () => {
-    const r = tapRig({ features: (d) => d.deviceFeatures });
+    const r = tapRig({ mtu: 65535, features: (d) => d.deviceFeatures });
     postRx(r, 64, 1536);
     const small = tapFrame(60);
     const big = tapFrame(3000);
@@ -308,6 +308,16 @@ describe('receive from a TAP', () => {
     expect(got.map((g) => g.frame.length)).toEqual([1000, 1514]);
     expect(got.every((g) => g.header[10] === 1 && g.header[11] === 0)).toBe(true);
     expect(r.device.metrics().rxDropsTruncated).toBe(1);
+  });
+
+  it('drops non-GSO TAP frames longer than the MTU, but passes GSO frames', () => {
+    const r = tapRig({ mtu: 1500, features: (d) => d.deviceFeatures });
+    postRx(r, 64, 1536);
+    const gsoHeader = encodeVnetHeader({ flags: VIRTIO_NET_HDR_F_NEEDS_CSUM, gsoType: VIRTIO_NET_HDR_GSO_TCPV4, gsoSize: 1448, csumStart: 34, csumOffset: 16 });
+    r.tap.inbound.push(tapFrame(1519), concat(gsoHeader, ethFrame(MAC_A, MAC_B, ETH_IP, 9000)), tapFrame(1518));
+    r.host.pumpTap('tap0');
+    expect(receive(r).map((g) => g.frame.length)).toEqual([9014, 1518]);
+    expect(r.device.metrics().rxDropsOversize).toBe(1);
   });
 
   it('clears receive flags the driver did not negotiate', () => {
@@ -563,7 +573,7 @@ describe('reset, state and close', () => {
     const t2 = new MmioTransport(dev2, { mem: r.mem, irq: new MockIrq(), defer: () => {} });
     t2.restoreState(json);
     expect(dev2.metrics().rxChainsHeld).toBe(43);
-    tap2.inbound.push(concat(new Uint8Array(12), ethFrame(MAC_A, MAC_B, ETH_IP, 3000)));
+    tap2.inbound.push(concat(new Uint8Array(12), ethFrame(MAC_A, MAC_B, ETH_IP, 1400)));
     host2.pumpTap('tap0');
     expect(dev2.metrics().rxFrames).toBe(1);
   });

@@ -51,7 +51,10 @@ import {
   VIRTIO_NET_HDR_F_NEEDS_CSUM,
   VIRTIO_NET_S_LINK_UP,
   VNET_HDR_FLAGS,
+  VNET_HDR_GSO_TYPE,
   VNET_HDR_NUM_BUFFERS,
+  VIRTIO_NET_HDR_GSO_ECN,
+  VIRTIO_NET_HDR_GSO_NONE,
   VNET_HDR_SIZE,
   maxFrameForMtu,
 } from './constants';
@@ -114,7 +117,7 @@ export interface NetMetrics {
   readonly txBytes: number;
   /** Receive drops: the wait queue for guest buffers was full. */
   readonly rxDropsQueueFull: number;
-  /** Receive drops: a link frame longer than MTU + Ethernet header + VLAN tag. */
+  /** Receive drops: a frame (not GSO) longer than MTU + Ethernet header + VLAN tag. */
   readonly rxDropsOversize: number;
   /** Receive drops: a frame shorter than an Ethernet header (or not a byte array). */
   readonly rxDropsRunt: number;
@@ -714,6 +717,12 @@ export class NetDevice implements VirtioDevice<NetMetrics> {
         continue;
       }
       const bytes = n - VNET_HDR_SIZE;
+      // §5.1.6.3: with VIRTIO_NET_F_MTU the device must not pass a non-GSO frame longer than the
+      // MTU plus link headers (a host TAP configured with a larger MTU can produce one).
+      if (bytes > this.maxLinkFrame && (ctx.mem.readU8(this.addrOf(held[0], VNET_HDR_GSO_TYPE)) & ~VIRTIO_NET_HDR_GSO_ECN) === VIRTIO_NET_HDR_GSO_NONE) {
+        this.counters.rxDropsOversize++;
+        continue;
+      }
       if (n <= held[0].len) {
         // The common case: the frame fits in the first chain.
         const c = held.shift()!;
