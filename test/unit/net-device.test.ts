@@ -444,6 +444,15 @@ describe('link backend', () => {
     expect(r.txq.readUsed()).toHaveLength(3);
   });
 
+  it('detaches from a user stream on close, leaving it paused', async () => {
+    const r = linkRig();
+    await flowing();
+    await r.device.close();
+    expect(r.d.stream.isPaused()).toBe(true);
+    expect(r.d.stream.listenerCount('data')).toBe(0);
+    expect(r.d.stream.destroyed).toBe(false);
+  });
+
   it('reports link down in the config space and drops frames sent meanwhile', () => {
     const r = linkRig();
     const before = r.transport.metrics().configChangeInterrupts;

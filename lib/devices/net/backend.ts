@@ -153,6 +153,9 @@ export class LinkBackend {
     this.events = null;
     this.up = false;
     if (this.owned) s.destroy();
+    // Our 'data' listener put the user's stream in flowing mode: without a reader left, frames
+    // would be discarded, so it stops flowing and buffers for whoever reads next.
+    else if (s.listenerCount('data') === 0) s.pause();
   }
 }
 
