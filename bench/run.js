@@ -11,8 +11,10 @@
 //   snapshot   snapshot creation time and size (full, diff), restore-to-running with memory 'map'
 //              and 'copy' at 128 MiB / 1 GiB / 4 GiB, clones per second and host memory per clone
 //              (counter test guest on the native layer; needs /dev/kvm and npm run build:guests)
+//   net        virtio-net host-side throughput (mock driver; TAP cases need root), VirtualSwitch,
+//              MMDS round trip
 //
-//   node bench/run.js [setup|density|console|queue|block|snapshot ...]   (default: all)
+//   node bench/run.js [setup|density|console|queue|block|snapshot|net ...]   (default: all)
 'use strict';
 const path = require('path');
 const fs = require('fs');
@@ -41,6 +43,7 @@ async function main() {
   }
   if (want('queue') && fs.existsSync(path.join(__dirname, 'queue.bench.ts'))) runTs('queue.bench.ts');
   if (want('block') && fs.existsSync(path.join(__dirname, 'block.bench.ts'))) runTs('block.bench.ts');
+  if (want('net') && fs.existsSync(path.join(__dirname, 'net.bench.ts'))) runTs('net.bench.ts');
 }
 
 main().catch((e) => {

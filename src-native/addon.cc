@@ -4,8 +4,10 @@
 #include "addon_data.h"
 #include "errors.h"
 #include "eventfd.h"
+#include "fd_poll.h"
 #include "fd_watch.h"
 #include "kvm_system.h"
+#include "tap.h"
 #include "test_hooks.h"
 #include "vcpu.h"
 #include "vm.h"
@@ -21,6 +23,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   data->vmCtor = Napi::Persistent(Vm::Init(env));
   data->vcpuCtor = Napi::Persistent(Vcpu::Init(env));
   data->watchCtor = Napi::Persistent(FdWatch::Init(env));
+  data->pollCtor = Napi::Persistent(FdPoll::Init(env));
 
   exports.Set("openKvm", Napi::Function::New<OpenKvm>(env, "openKvm"));
   exports.Set("eventfd", Napi::Function::New<EventFd>(env, "eventfd"));
@@ -28,6 +31,11 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("eventfdRead", Napi::Function::New<EventFdRead>(env, "eventfdRead"));
   exports.Set("watchEventfd", Napi::Function::New<WatchEventFd>(env, "watchEventfd"));
   exports.Set("closeFd", Napi::Function::New<CloseFd>(env, "closeFd"));
+  exports.Set("watchFd", Napi::Function::New<WatchFd>(env, "watchFd"));
+  exports.Set("openTap", Napi::Function::New<OpenTap>(env, "openTap"));
+  exports.Set("tapSetOffload", Napi::Function::New<TapSetOffload>(env, "tapSetOffload"));
+  exports.Set("readvSpans", Napi::Function::New<ReadvSpans>(env, "readvSpans"));
+  exports.Set("writevSpans", Napi::Function::New<WritevSpans>(env, "writevSpans"));
   exports.Set("residentPages", Napi::Function::New<ResidentPages>(env, "residentPages"));
   exports.Set("setErrorClass", Napi::Function::New<SetErrorClass>(env, "setErrorClass"));
   exports.Set("kickSignal", Napi::Number::New(env, KickSignal()));

@@ -12,6 +12,7 @@ struct AddonData {
   Napi::FunctionReference vmCtor;
   Napi::FunctionReference vcpuCtor;
   Napi::FunctionReference watchCtor;
+  Napi::FunctionReference pollCtor;
 };
 
 inline AddonData* GetAddonData(Napi::Env env) { return env.GetInstanceData<AddonData>(); }

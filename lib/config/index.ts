@@ -31,7 +31,19 @@ export type ConfigErrorCode =
   | 'ALREADY_STARTED'
   | 'NOT_RUNNING'
   | 'INVALID_OPTION'
-  | 'INVALID_DEVICE';
+  | 'INVALID_DEVICE'
+  /** A NIC's options are wrong (id, backend, MTU…). */
+  | 'INVALID_NIC'
+  /** A MAC address is malformed, multicast or all zeros. */
+  | 'INVALID_MAC'
+  /** The TAP named by a NIC does not exist (or is not a TAP). */
+  | 'TAP_NOT_FOUND'
+  /** The TAP named by a NIC is already attached to another process or NIC. */
+  | 'TAP_BUSY'
+  /** The TAP could not be opened for another reason (permissions, a refused ioctl). */
+  | 'TAP_OPEN_FAILED'
+  /** MMDS options are wrong, or name a NIC that is not configured. */
+  | 'INVALID_MMDS';
 
 /**
  * A builder method, update or `start()` was given a configuration that cannot work. Thrown at

@@ -245,6 +245,27 @@ export interface MemoryFileReadResult {
   bytes: number;
 }
 
+/**
+ * A level-triggered readability watch (see {@link NativeAddon.watchFd}). `pause()` stops the
+ * callbacks (and no longer keeps the event loop alive), `resume()` restarts them, `close()` ends
+ * the watch (idempotent; close it before closing the fd).
+ */
+export interface NativeFdPoll {
+  pause(): void;
+  resume(): void;
+  close(): void;
+}
+
+/** What {@link NativeAddon.openTap} returns. */
+export interface NativeTap {
+  /** The TAP's descriptor: non-blocking, close-on-exec, vnet header of 12 bytes, offloads cleared. */
+  fd: number;
+  /** The interface name as the kernel reports it. */
+  name: string;
+  /** TUN_F_* flags TUNSETOFFLOAD accepted when probed (most capable set first). */
+  offloads: number;
+}
+
 /** `/dev/kvm`. */
 export interface NativeKvm {
   /** KVM_GET_API_VERSION (12 on every supported kernel). */
@@ -452,6 +473,29 @@ export interface NativeAddon {
   watchEventfd(fd: number, onSignal: (count: number) => void): FdWatch;
   /** close(2). */
   closeFd(fd: number): void;
+  /**
+   * Calls `onReadable()` on the event loop while `fd` is readable (level-triggered; nothing is
+   * read). An open, running watch keeps the event loop alive.
+   */
+  watchFd(fd: number, onReadable: () => void): NativeFdPoll;
+  /**
+   * Opens the existing TAP `name`: checks it exists (`if_nametoindex`, ENODEV otherwise), opens
+   * `/dev/net/tun`, TUNSETIFF with IFF_TAP | IFF_NO_PI | IFF_VNET_HDR (EBUSY when attached
+   * elsewhere, EINVAL when it is not such a TAP), TUNSETVNETHDRSZ 12, probes TUNSETOFFLOAD and
+   * clears it. Errors name the failing ioctl.
+   */
+  openTap(name: string): NativeTap;
+  /** TUNSETOFFLOAD on a TAP descriptor. */
+  tapSetOffload(fd: number, flags: number): void;
+  /**
+   * One readv(2) into `count` spans, span i being `[spans[3i+1], +spans[3i+2])` of
+   * `buffers[spans[3i]]` (at most 1024 spans, 64 buffers; a span outside its buffer is a
+   * RangeError). Returns the byte count (a TAP reports a truncated frame's full length), or -1 on
+   * EAGAIN; other errors throw (EINTR is retried).
+   */
+  readvSpans(fd: number, buffers: readonly ArrayBuffer[], spans: Float64Array, count: number): number;
+  /** One writev(2) from spans laid out as for {@link readvSpans}; bytes written or -1 on EAGAIN. */
+  writevSpans(fd: number, buffers: readonly ArrayBuffer[], spans: Float64Array, count: number): number;
   /** Pages of this process currently resident (from /proc/self/statm), for tests and benchmarks. */
   residentPages?(): number;
 }

@@ -7,12 +7,16 @@ boot state, so the guest binary is the same one Kindling boots.
 
   run.py GUEST.elf [--machine pc|microvm] [--smp N] [--mem MiB]
          [--append 'extra cmdline'] [--disk FILE[:ro]]... [--initrd FILE]
-         [--input LINE]... [--timeout SEC]
+         [--input LINE]... [--timeout SEC] [--net USER-NETDEV-OPTIONS]
 
 Prints the guest's serial output, then 'QEMU: exit=<code>' and, when the
 VM ended by itself, 'QEMU: ended' (reset or triple fault; -no-reboot).
 With --disk the machine is microvm (virtio-mmio); virtio windows are
 announced like Kindling does: virtio_mmio.device=512@0x<base>:<irq>.
+--net adds a virtio-net-device on QEMU's user network (slirp: the guest is
+10.0.2.15, the gateway 10.0.2.2); the value is appended to `-netdev user`,
+e.g. 'guestfwd=tcp:10.0.2.100:80-cmd:python3 qemu/mmds_stub.py'. It also
+selects microvm.
 """
 import argparse
 import os
@@ -39,12 +43,13 @@ def main():
     ap.add_argument('--initrd')
     ap.add_argument('--input', action='append', default=[])
     ap.add_argument('--timeout', type=float, default=60)
+    ap.add_argument('--net', default=None)
     ap.add_argument('--count-insns', metavar='LOG',
                     help='single-step TCG and log executed PCs to LOG (slow); '
                          'count guest instructions with count_insns.py')
     a = ap.parse_args()
 
-    machine = a.machine or ('microvm' if a.disk else 'pc')
+    machine = a.machine or ('microvm' if a.disk or a.net is not None else 'pc')
     cmdline = ['console=ttyS0', 'shim.cpus=%d' % a.smp]
     args = ['qemu-system-x86_64', '-nodefaults', '-display', 'none',
             '-monitor', 'none', '-serial', 'stdio', '-no-reboot',
@@ -60,6 +65,9 @@ def main():
             ro = ',readonly=on' if flag == 'ro' else ''
             args += ['-drive', 'id=d%d,file=%s,format=raw,if=none%s' % (i, path, ro),
                      '-device', 'virtio-blk-device,drive=d%d,serial=kt-disk%d' % (i, i)]
+        if a.net is not None:
+            args += ['-netdev', 'user,id=n0' + (',' + a.net if a.net else ''),
+                     '-device', 'virtio-net-device,netdev=n0,mac=06:00:0a:00:02:0f']
     else:
         args += ['-M', machine]
     if a.append:

@@ -95,6 +95,16 @@ def main():
     out = run('badvirtio', '--disk', rw)
     kt = lines(out)
     check('badvirtio survives', 'KT: PASS hostile recover' in kt and kt[-1] == 'KT: DONE', str(kt))
+
+    # net: QEMU's virtio-net on the user network; the gateway answers ARP and ping, and a stub
+    # service behind guestfwd stands in for the MMDS (the TCP and HTTP client is what is checked).
+    stub = os.path.join(HERE, 'mmds_stub.py')
+    out = run('net', '--append', 'net.ip=10.0.2.15 net.peer=10.0.2.2 net.mmds=10.0.2.100',
+              '--net', 'guestfwd=tcp:10.0.2.100:80-cmd:python3 %s' % stub)
+    kt = lines(out)
+    check('net ping', 'KT: PASS net0 ping' in kt, str(kt))
+    check('net mmds', 'KT: PASS net0 mmds' in kt and 'KT: net0 mmds get_status=200 body=i-qemu-stub' in kt, str(kt))
+    check('net done', kt[-1:] == ['KT: DONE'], str(kt))
     print('%d passed, %d failed' % (passed, failed))
     return 1 if failed else 0
 
