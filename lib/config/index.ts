@@ -31,7 +31,10 @@ export type ConfigErrorCode =
   | 'ALREADY_STARTED'
   | 'NOT_RUNNING'
   | 'INVALID_OPTION'
-  | 'INVALID_DEVICE';
+  | 'INVALID_DEVICE'
+  | 'INVALID_VSOCK'
+  | 'INVALID_ENTROPY'
+  | 'INVALID_BALLOON';
 
 /**
  * A builder method, update or `start()` was given a configuration that cannot work. Thrown at
