@@ -56,8 +56,10 @@ export class MockVsockGuest {
   readonly transport: MmioTransport;
   /** Register-level driver. */
   readonly driver: MockMmioDriver;
-  /** The interrupt line. */
+  /** The interrupt line (counts what the transport did). */
   readonly irq = new MockIrq();
+  /** Called after each interrupt the device raises (e.g. to run a guest-side agent). */
+  onInterrupt: (() => void) | undefined;
   /** Driver sides of rx, tx and event queues. */
   readonly rxq: MockVirtqueue;
   /** See {@link rxq}. */
@@ -95,7 +97,15 @@ export class MockVsockGuest {
     const need = rxBuffers * (this.rxPayload + VSOCK_HDR_SIZE + 64) + txSlots * (this.txPayload + VSOCK_HDR_SIZE + 64) + 3 * 8192 + 64 * 1024;
     this.mem = GuestMemory.anonymous(options.memBytes ?? Math.ceil(need / 4096) * 4096 + 4096);
     const alloc = new BumpAllocator(this.mem);
-    this.transport = new MmioTransport(device, { mem: this.mem, irq: this.irq, ...(options.defer ? { defer: options.defer } : {}) });
+    const irq = this.irq;
+    const line = {
+      trigger: () => {
+        irq.trigger();
+        this.onInterrupt?.();
+      },
+      setLevel: (level: boolean) => irq.setLevel(level),
+    };
+    this.transport = new MmioTransport(device, { mem: this.mem, irq: line, ...(options.defer ? { defer: options.defer } : {}) });
     this.driver = new MockMmioDriver(this.transport, this.mem);
     [this.rxq, this.txq, this.evq] = this.driver.bringUp(alloc, [qsize, qsize, qsize]);
     for (let i = 0; i < rxBuffers; i++) this.freeRx.push({ addr: alloc.alloc(this.rxPayload + VSOCK_HDR_SIZE, 64), len: this.rxPayload + VSOCK_HDR_SIZE });
@@ -171,24 +181,30 @@ export class MockVsockGuest {
     }
   }
 
-  /** Reads every packet the device delivered, reposting the buffers unless {@link repost} is off. */
+  /**
+   * Reads every packet the device delivered, reposting the buffers unless {@link repost} is off.
+   * Like Linux's virtqueue_enable_cb, it re-arms the interrupt threshold and then looks again, so
+   * packets the device added meanwhile (in answer to the reposted buffers) are not left unseen.
+   */
   receive(): ReceivedPacket[] {
     this.driver.handleInterrupt();
     const out: ReceivedPacket[] = [];
-    for (const u of this.rxq.readUsed()) {
-      const b = this.rxAddr.get(u.id);
-      if (b === undefined) continue;
-      this.rxAddr.delete(u.id);
-      if (u.len >= VSOCK_HDR_SIZE) {
-        const hdr = decodeHeader(this.mem.read(b.addr, VSOCK_HDR_SIZE));
-        const n = Math.min(hdr.len, u.len - VSOCK_HDR_SIZE);
-        out.push({ hdr, payload: Buffer.from(this.mem.read(b.addr + VSOCK_HDR_SIZE, n)) });
+    for (;;) {
+      for (const u of this.rxq.readUsed()) {
+        const b = this.rxAddr.get(u.id);
+        if (b === undefined) continue;
+        this.rxAddr.delete(u.id);
+        if (u.len >= VSOCK_HDR_SIZE) {
+          const hdr = decodeHeader(this.mem.read(b.addr, VSOCK_HDR_SIZE));
+          const n = Math.min(hdr.len, u.len - VSOCK_HDR_SIZE);
+          out.push({ hdr, payload: Buffer.from(this.mem.read(b.addr + VSOCK_HDR_SIZE, n)) });
+        }
+        this.freeRx.push(b);
       }
-      this.freeRx.push(b);
+      if (this.repost) this.postRx();
+      this.rxq.setUsedEvent(this.rxq.lastUsedIdx);
+      if (this.rxq.usedIdx() === this.rxq.lastUsedIdx) break;
     }
-    if (this.repost) this.postRx();
-    // Re-arm the EVENT_IDX threshold as Linux's virtqueue_enable_cb does.
-    this.rxq.setUsedEvent(this.rxq.lastUsedIdx);
     this.readEvents();
     return out;
   }
