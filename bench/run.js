@@ -8,8 +8,11 @@
 //   console    UART accesses that reach JavaScript per printed byte, Linux boot (needs /dev/kvm)
 //   queue      the split-virtqueue's own cost per request (mock driver, no KVM)
 //   block      virtio-blk host-side throughput (mock driver, file in page cache, no KVM)
+//   vsock      virtio-vsock host-side throughput, both directions (mock driver, no KVM)
+//   invoke     vm.invoke() round trip through the vsock device (mock driver and guest agent, no KVM)
+//   balloon    balloon inflate rate: MiB/s of guest memory returned to the host (real anonymous mapping)
 //
-//   node bench/run.js [setup|density|console|queue|block ...]   (default: all)
+//   node bench/run.js [setup|density|console|queue|block|vsock|invoke|balloon ...]   (default: all)
 'use strict';
 const path = require('path');
 const fs = require('fs');
@@ -37,6 +40,9 @@ async function main() {
   }
   if (want('queue') && fs.existsSync(path.join(__dirname, 'queue.bench.ts'))) runTs('queue.bench.ts');
   if (want('block') && fs.existsSync(path.join(__dirname, 'block.bench.ts'))) runTs('block.bench.ts');
+  for (const name of ['vsock', 'invoke', 'balloon']) {
+    if (want(name) && fs.existsSync(path.join(__dirname, `${name}.bench.ts`))) runTs(`${name}.bench.ts`);
+  }
 }
 
 main().catch((e) => {

@@ -154,8 +154,17 @@ export class MockVsockGuest {
       ...h,
     };
     encodeHeader(full, this.hdr);
-    const bytes = payload === undefined || payload.length === 0 ? this.hdr : Buffer.concat([this.hdr, payload]);
-    return this.sendRaw(bytes);
+    if (payload === undefined || payload.length === 0) return this.sendRaw(this.hdr);
+    // Header and payload written straight into the slot, as a guest driver fills its buffer.
+    this.reapTx();
+    if (this.txFree.length === 0 || payload.length > this.txPayload || this.txq.freeCount === 0) return false;
+    const addr = this.txFree.pop()!;
+    this.mem.write(addr, this.hdr);
+    this.mem.write(addr + VSOCK_HDR_SIZE, payload);
+    const head = this.txq.addChain([{ addr, len: VSOCK_HDR_SIZE + payload.length }]);
+    this.txOfHead.set(head, addr);
+    this.driver.notify(VSOCK_TX_QUEUE);
+    return true;
   }
 
   /** Sends `bytes` as one transmit chain, whatever they hold. False when no slot is free. */
@@ -185,8 +194,10 @@ export class MockVsockGuest {
    * Reads every packet the device delivered, reposting the buffers unless {@link repost} is off.
    * Like Linux's virtqueue_enable_cb, it re-arms the interrupt threshold and then looks again, so
    * packets the device added meanwhile (in answer to the reposted buffers) are not left unseen.
+   * With `copy` false the payloads are views of guest memory, valid only until the device reuses
+   * the buffer (for benchmarks that only count bytes).
    */
-  receive(): ReceivedPacket[] {
+  receive(copy = true): ReceivedPacket[] {
     this.driver.handleInterrupt();
     const out: ReceivedPacket[] = [];
     for (;;) {
@@ -197,7 +208,8 @@ export class MockVsockGuest {
         if (u.len >= VSOCK_HDR_SIZE) {
           const hdr = decodeHeader(this.mem.read(b.addr, VSOCK_HDR_SIZE));
           const n = Math.min(hdr.len, u.len - VSOCK_HDR_SIZE);
-          out.push({ hdr, payload: Buffer.from(this.mem.read(b.addr + VSOCK_HDR_SIZE, n)) });
+          const view = this.mem.slice(b.addr + VSOCK_HDR_SIZE, n);
+          out.push({ hdr, payload: copy ? Buffer.from(view) : Buffer.from(view.buffer, view.byteOffset, view.byteLength) });
         }
         this.freeRx.push(b);
       }
