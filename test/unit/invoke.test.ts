@@ -187,7 +187,7 @@ describe('invoke client', () => {
 
   test('timeout: TIMEOUT, the connection is dropped (a late answer is never taken for the next request)', async () => {
     const time = new FakeTime();
-    let held: (() => void) | null = null;
+    const held: { send: (() => void) | null } = { send: null };
     let opened = 0;
     const client = new InvokeClient({
       timers: time,
@@ -197,7 +197,7 @@ describe('invoke client', () => {
         const dec = new FrameDecoder();
         theirs.on('data', (c: Buffer) => {
           for (const f of dec.push(c)) {
-            if (opened === 1) held = () => theirs.write(encodeFrame(FRAME_KIND.RESPONSE_JSON, f.id, Buffer.from('"late"')));
+            if (opened === 1) held.send = () => theirs.write(encodeFrame(FRAME_KIND.RESPONSE_JSON, f.id, Buffer.from('"late"')));
             else theirs.write(encodeFrame(FRAME_KIND.RESPONSE_JSON, f.id, f.payload));
           }
         });
@@ -209,7 +209,8 @@ describe('invoke client', () => {
     await new Promise((r) => setImmediate(r));
     time.advance(100);
     await expect(p).rejects.toMatchObject({ code: 'TIMEOUT' });
-    held?.();
+    expect(held.send).not.toBeNull();
+    held.send!();
     await expect(client.invoke({ n: 2 })).resolves.toEqual({ n: 2 });
     expect(opened).toBe(2);
     expect(client.metrics().timeouts).toBe(1);
