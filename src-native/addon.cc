@@ -6,6 +6,7 @@
 #include "eventfd.h"
 #include "fd_watch.h"
 #include "kvm_system.h"
+#include "memory_advice.h"
 #include "test_hooks.h"
 #include "vcpu.h"
 #include "vm.h"
@@ -29,6 +30,9 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("watchEventfd", Napi::Function::New<WatchEventFd>(env, "watchEventfd"));
   exports.Set("closeFd", Napi::Function::New<CloseFd>(env, "closeFd"));
   exports.Set("residentPages", Napi::Function::New<ResidentPages>(env, "residentPages"));
+  exports.Set("discardMemory", Napi::Function::New<DiscardMemory>(env, "discardMemory"));
+  exports.Set("mapAnonymous", Napi::Function::New<MapAnonymous>(env, "mapAnonymous"));
+  exports.Set("pageSize", Napi::Function::New<PageSize>(env, "pageSize"));
   exports.Set("setErrorClass", Napi::Function::New<SetErrorClass>(env, "setErrorClass"));
   exports.Set("kickSignal", Napi::Number::New(env, KickSignal()));
   exports.Set("_testing", CreateTestHooks(env));
