@@ -5,8 +5,8 @@
  * An {@link InvokeClient} talks to one agent port. It keeps up to `poolSize` connections: an
  * invocation takes an idle one (or opens one), sends one request frame, waits for the response
  * frame with the same id, and returns the connection to the pool. Invocations beyond the pool wait
- * their turn. A connection that saw a timeout, a protocol error or its end is dropped, never
- * reused. {@link Invoker} keeps one client per port (what the MicroVM façade delegates to).
+ * their turn. A connection that saw a timeout, an error frame, a protocol error or its end is
+ * dropped, never reused. {@link Invoker} keeps one client per port (what the MicroVM façade delegates to).
  * @module
  */
 import type { Duplex } from 'stream';
@@ -166,9 +166,10 @@ class AgentConnection {
         result = decodeResponse(f);
       } catch (e) {
         call.reject(e as Error);
-        // An error frame is a proper answer; anything else leaves the stream in doubt.
-        if ((e as InvokeError).code !== 'AGENT_ERROR') this.die(e as InvokeError);
-        continue;
+        // After an error frame the agent may close the connection (it cannot skip an oversize
+        // payload, for one): reusing it would race with that close. It is retired either way.
+        this.die(e as InvokeError);
+        return;
       }
       call.resolve(result);
     }
@@ -275,7 +276,6 @@ export class InvokeClient {
           resolve: (v) => finish(null, v),
           reject: (e) => finish(e),
         });
-        // The agent answered with an error frame and the connection is still usable.
       });
     });
   }

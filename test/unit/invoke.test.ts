@@ -162,11 +162,11 @@ describe('invoke client', () => {
     client.close();
   });
 
-  test('agent error frame: AGENT_ERROR, and the connection stays usable', async () => {
+  test('agent error frame: AGENT_ERROR; the connection is retired (the agent may close it), the next call opens another', async () => {
     const { client, opened } = clientWith((f) => (f.payload.toString() === 'fail' ? { kind: FRAME_KIND.ERROR, payload: Buffer.from('handler exited with 3') } : echoHandler(f)));
     await expect(client.invoke('fail')).rejects.toMatchObject({ code: 'AGENT_ERROR', message: expect.stringContaining('exited with 3') });
     await expect(client.invoke({ ok: 1 })).resolves.toEqual({ ok: 1 });
-    expect(opened()).toBe(1);
+    expect(opened()).toBe(2);
     client.close();
   });
 
