@@ -79,8 +79,16 @@ const defaultTimers: TimerFunctions = {
   clearTimeout: (h) => clearTimeout(h as ReturnType<typeof setTimeout>),
 };
 
+/** A request ready to send: its frame kind and payload bytes. */
+export interface EncodedRequest {
+  /** REQUEST_JSON or REQUEST_BYTES. */
+  kind: number;
+  /** The payload. */
+  bytes: Buffer;
+}
+
 /** Encodes a payload as a request frame's kind and bytes. @throws InvokeError BAD_PAYLOAD */
-export function encodeRequest(payload: InvokePayload): { kind: number; bytes: Buffer } {
+export function encodeRequest(payload: InvokePayload): EncodedRequest {
   if (Buffer.isBuffer(payload)) return { kind: FRAME_KIND.REQUEST_BYTES, bytes: payload };
   if (payload instanceof Uint8Array) return { kind: FRAME_KIND.REQUEST_BYTES, bytes: Buffer.from(payload.buffer, payload.byteOffset, payload.byteLength) };
   if (typeof payload === 'string') return { kind: FRAME_KIND.REQUEST_BYTES, bytes: Buffer.from(payload, 'utf8') };
@@ -226,7 +234,7 @@ export class InvokeClient {
   invoke(payload: InvokePayload, options: { timeoutMs?: number } = {}): Promise<InvokeResult> {
     this.c.invocations++;
     let timeoutMs: number;
-    let req: { kind: number; bytes: Buffer };
+    let req: EncodedRequest;
     try {
       if (this.closed) throw new InvokeError('CLOSED', 'the invoke client is closed');
       timeoutMs = options.timeoutMs === undefined ? this.timeoutMs : checkTimeout(options.timeoutMs);

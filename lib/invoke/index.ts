@@ -28,4 +28,4 @@ export {
   DEFAULT_INVOKE_TIMEOUT_MS,
   DEFAULT_INVOKE_POOL_SIZE,
 } from './client';
-export type { InvokePayload, InvokeResult, InvokeOptions, InvokeClientOptions, InvokeMetrics } from './client';
+export type { InvokePayload, InvokeResult, InvokeOptions, InvokeClientOptions, InvokeMetrics, EncodedRequest } from './client';

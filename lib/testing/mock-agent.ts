@@ -24,7 +24,16 @@ import type { MockVsockGuest, ReceivedPacket } from './mock-vsock';
  * the connection instead of answering), `'silent'` (never answer) or `'garbage'` (send bytes that
  * are no frame).
  */
-export type AgentReply = { kind: number; payload: Uint8Array } | 'crash' | 'silent' | 'garbage';
+export type AgentReply =
+  | {
+      /** Frame kind of the answer. */
+      kind: number;
+      /** Its payload. */
+      payload: Uint8Array;
+    }
+  | 'crash'
+  | 'silent'
+  | 'garbage';
 
 /** Echo: JSON and bytes requests come back as the matching response kind. */
 export function echoHandler(f: Frame): AgentReply {

@@ -100,6 +100,7 @@ export class VsockConnection {
   /** The table key (see {@link connectionKey}). */
   readonly key: string;
 
+  /** Where the connection is in its life; see {@link ConnectionState}. */
   state: ConnectionState;
   /** Bytes received from the guest (free-running u32). */
   rxCnt = 0;

@@ -105,9 +105,22 @@ export function encodeHeader(h: VsockHeader, out: Uint8Array): void {
  *   CID, another socket type, an unknown operation).
  */
 export type HeaderVerdict =
-  | { kind: 'ok' }
-  | { kind: 'drop'; reason: 'bad-src-cid' | 'bad-len' }
-  | { kind: 'rst'; reason: 'bad-dst-cid' | 'bad-type' | 'bad-op' };
+  | {
+      /** Act on it. */
+      kind: 'ok';
+    }
+  | {
+      /** Ignore it. */
+      kind: 'drop';
+      /** Why. */
+      reason: 'bad-src-cid' | 'bad-len';
+    }
+  | {
+      /** Answer with RST. */
+      kind: 'rst';
+      /** Why. */
+      reason: 'bad-dst-cid' | 'bad-type' | 'bad-op';
+    };
 
 /**
  * Judges a guest header. `available` is how many payload bytes the chain really holds after the
