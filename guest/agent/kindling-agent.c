@@ -76,6 +76,22 @@ static ssize_t read_full(int fd, void *buf, size_t n)
 	return (ssize_t)got;
 }
 
+/* Reads and discards n bytes. Returns 0, or -1 at end of stream or on error. */
+static int skip(int fd, uint64_t n)
+{
+	static uint8_t sink[65536];
+	while (n > 0) {
+		size_t want = n < sizeof(sink) ? (size_t)n : sizeof(sink);
+		ssize_t r = read(fd, sink, want);
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r <= 0)
+			return -1;
+		n -= (uint64_t)r;
+	}
+	return 0;
+}
+
 static int write_full(int fd, const void *buf, size_t n)
 {
 	size_t done = 0;
@@ -241,9 +257,13 @@ static void serve(int in_fd, int out_fd)
 			return;
 		}
 		if (len > max_bytes) {
-			/* The payload is not read: the stream cannot be resynchronised, so the connection ends. */
-			send_error(out_fd, id, "request too large");
-			return;
+			/*
+			 * Answer at once, then read the payload away: the stream stays in step, and the
+			 * host, still writing it, never sees its connection cut under a pending write.
+			 */
+			if (send_error(out_fd, id, "request too large") < 0 || skip(in_fd, len) < 0)
+				return;
+			continue;
 		}
 		uint8_t *payload = malloc(len ? len : 1);
 		if (payload == NULL) {
