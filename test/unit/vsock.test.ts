@@ -513,3 +513,43 @@ describe('vsock Firecracker-compatible Unix socket', () => {
     await new Promise<void>((r) => server.close(() => r()));
   });
 });
+
+describe('vsock device and host code', () => {
+  test("a throwing 'data' handler surfaces on the next tick (as an uncaught exception would), and the device goes on", async () => {
+    const { device, guest } = rig();
+    let sock!: VsockSocket;
+    device.listen(7, (s) => (sock = s));
+    guest.send({ op: VIRTIO_VSOCK_OP_REQUEST, srcPort: 1, dstPort: 7, bufAlloc: 65536 });
+    guest.receive();
+    await tick();
+    let calls = 0;
+    sock.on('data', () => {
+      calls++;
+      if (calls === 1) throw new Error('user bug');
+    });
+    await tick();
+    // Jest owns uncaught exceptions, so the ticks of this synchronous step are caught and run here.
+    const ticks: (() => void)[] = [];
+    const realNextTick = process.nextTick;
+    process.nextTick = ((fn: (...a: unknown[]) => void, ...args: unknown[]) => void ticks.push(() => fn(...args))) as typeof process.nextTick;
+    try {
+      guest.send({ op: VIRTIO_VSOCK_OP_RW, srcPort: 1, dstPort: 7, bufAlloc: 65536 }, Buffer.from('a'));
+    } finally {
+      process.nextTick = realNextTick;
+    }
+    const thrown: string[] = [];
+    for (const t of ticks) {
+      try {
+        t();
+      } catch (e) {
+        thrown.push((e as Error).message);
+      }
+    }
+    expect(thrown).toEqual(['user bug']);
+    guest.send({ op: VIRTIO_VSOCK_OP_RW, srcPort: 1, dstPort: 7, bufAlloc: 65536 }, Buffer.from('b'));
+    await tick();
+    expect(calls).toBe(2);
+    expect(device.metrics().queueErrors).toBe(0);
+    expect(guest.transport.status & 0x40).toBe(0);
+  });
+});

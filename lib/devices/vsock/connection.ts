@@ -77,6 +77,22 @@ export type DataVerdict = 'ok' | 'not-established' | 'after-shutdown' | 'credit-
 
 const U32 = 0x100000000;
 
+/**
+ * Runs host code (a stream callback, which may run a user's 'data' or 'drain' handler) so that its
+ * exception cannot unwind through the device and break a queue: it is re-thrown on the next tick,
+ * where it surfaces as the uncaught exception it would be for any Node.js stream.
+ */
+function hostCall<T>(fn: () => T, fallback: T): T {
+  try {
+    return fn();
+  } catch (e) {
+    process.nextTick(() => {
+      throw e;
+    });
+    return fallback;
+  }
+}
+
 /** `(a - b) mod 2^32`. */
 export function u32Diff(a: number, b: number): number {
   return (a - b + U32) % U32;
@@ -401,13 +417,14 @@ export class VsockConnection {
       this.rxQueued -= chunk.length;
       this.fwdCnt = u32Add(this.fwdCnt, chunk.length);
       this.readDuringPush = false;
-      const more = sink.push(chunk);
+      // After a throw the stream's own bookkeeping is unknown: keep offering (the next push says).
+      const more = hostCall(() => sink.push(chunk), true);
       // A read requested from inside push (nested, so not served there) still stands.
       this.hostReading = more || this.readDuringPush;
     }
     if (this.rxQueue.length === 0 && !this.eofDelivered && (this.peerShutdown & VIRTIO_VSOCK_SHUTDOWN_F_SEND) !== 0) {
       this.eofDelivered = true;
-      sink.push(null);
+      hostCall(() => sink.push(null), false);
     }
     if (this.state === 'established' && !this.sendCreditUpdate && (this.peerShutdown & VIRTIO_VSOCK_SHUTDOWN_F_SEND) === 0 &&
         u32Diff(this.fwdCnt, this.lastAdvertisedFwdCnt) >= this.creditThreshold) {
@@ -461,7 +478,7 @@ export class VsockConnection {
     this.txOffset = 0;
     this.txCallback = null;
     // The stream may write its next chunk from inside the callback: state is settled first.
-    cb?.(err);
+    if (cb !== null) hostCall(() => cb(err), undefined);
   }
 
   private dropPendingWrite(): void {
