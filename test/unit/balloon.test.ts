@@ -1,7 +1,7 @@
 import fc from 'fast-check';
 import { GuestMemory } from '../../lib/memory/guest-memory';
 import { MmioTransport } from '../../lib/virtio/mmio';
-import { BumpAllocator, MockIrq, MockMmioDriver, type MockVirtqueue } from '../../lib/testing/mock-driver';
+import { BumpAllocator, MockIrq, MockMmioDriver, MockVirtqueue, allocQueueLayout } from '../../lib/testing/mock-driver';
 import {
   BALLOON_PAGE_SIZE,
   BALLOON_STAT_TAGS,
@@ -168,6 +168,29 @@ describe('balloon device', () => {
     host.time.advance(1000);
     expect(queues[2].readUsed()).toHaveLength(1);
     expect(device.statsPollingIntervalS).toBe(5);
+  });
+
+  test("a statistics buffer the driver made available before DRIVER_OK (as Linux's probe does) is taken after activation", async () => {
+    const mem = GuestMemory.anonymous(4 * MiB);
+    const alloc = new BumpAllocator(mem, 0x1000, MiB);
+    const device = createBalloonDevice(checkBalloonOptions({ amountMib: 0, deflateOnOom: false, statsPollingIntervalS: 1 }), recordingHost());
+    const transport = new MmioTransport(device, { mem, irq: new MockIrq() });
+    const driver = new MockMmioDriver(transport, mem);
+    expect(driver.negotiate(featureBit(VIRTIO_BALLOON_F_STATS_VQ))).toBe(true);
+    const qs = [0, 1, 2].map((i) => {
+      const layout = allocQueueLayout(alloc, 16);
+      driver.setupQueue(i, layout);
+      return new MockVirtqueue(mem, layout);
+    });
+    const buf = alloc.alloc(10, 8);
+    mem.writeU16(buf, BALLOON_STAT_TAGS.totalMemory);
+    mem.write(buf + 2, new Uint8Array(new BigUint64Array([4n * BigInt(MiB)]).buffer));
+    qs[2].addChain([{ addr: buf, len: 10 }]);
+    driver.notify(2); // dropped: before DRIVER_OK
+    expect(device.metrics().statsUpdates).toBe(0);
+    driver.driverOk();
+    await new Promise((r) => setImmediate(r));
+    expect(device.balloonStats().totalMemory).toBe(4 * MiB);
   });
 
   test('queue roles follow the negotiated features: reporting is queue 2 when statistics were not accepted', () => {

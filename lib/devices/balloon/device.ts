@@ -322,6 +322,12 @@ export class BalloonDevice implements VirtioDevice<BalloonMetrics> {
     this.roles = roles;
     this.statsHead = -1;
     this.armStatsTimer();
+    // Linux primes the statistics queue with its first buffer (and kicks it) while probing, before
+    // DRIVER_OK, when the transport drops notifications: look at every queue once. Scheduled, not
+    // now: on a restore, restoreState (the balloon's pages) runs right after activate.
+    ctx.schedule(() => {
+      for (let i = 0; i < roles.length; i++) this.processQueue(i);
+    });
   }
 
   /** Drops the queue context and the held statistics buffer; the balloon's pages stay released. */

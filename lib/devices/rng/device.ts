@@ -114,6 +114,8 @@ export class EntropyDevice implements VirtioDevice<EntropyMetrics> {
   /** Starts serving the queue. */
   activate(ctx: VirtioDeviceContext): void {
     this.ctx = ctx;
+    // Requests made available (and kicked) before DRIVER_OK got no notification through.
+    this.processQueue(REQUEST_QUEUE);
   }
 
   /** Drops the queue context. */

@@ -449,9 +449,12 @@ export class VsockDevice implements VirtioDevice<VsockMetrics>, ConnectionOwner 
     this.c.configWritesIgnored++;
   }
 
-  /** Starts serving the queues; sends what waited for the driver (host connects, a pending event). */
+  /** Starts serving the queues; takes packets queued before DRIVER_OK, sends what waited for the driver (host connects, a pending event). */
   activate(ctx: VirtioDeviceContext): void {
     this.ctx = ctx;
+    // Packets a driver queued (and kicked) before DRIVER_OK got no notification through. Scheduled,
+    // not now: on a restore, restoreState (the connection table) runs right after activate.
+    ctx.schedule(() => this.processTx());
     this.drainRx();
     this.deliverEvent();
   }
