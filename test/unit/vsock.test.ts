@@ -21,12 +21,17 @@ import {
   VsockSocket,
   checkVsockOptions,
   createVsockDevice,
+  decodeHeader,
+  encodeHeader,
   parseConnectLine,
   type VsockHost,
 } from '../../lib/devices/vsock';
 import { ConfigError } from '../../lib/config';
 import { featureBit, VIRTIO_MMIO_CONFIG } from '../../lib/virtio/constants';
 import { MockVsockGuest, type ReceivedPacket } from '../../lib/testing/mock-vsock';
+import { BumpAllocator, MockIrq, MockMmioDriver, MockVirtqueue, allocQueueLayout } from '../../lib/testing/mock-driver';
+import { GuestMemory } from '../../lib/memory/guest-memory';
+import { MmioTransport } from '../../lib/virtio/mmio';
 import { createVsockHost } from '../../lib/vm/vsock-host';
 import { FakeTime } from './helpers/fake-time';
 
@@ -200,6 +205,33 @@ describe('vsock device', () => {
     expect(ops(pkts)).toEqual([VIRTIO_VSOCK_OP_REQUEST]);
     guest.send({ op: VIRTIO_VSOCK_OP_RESPONSE, srcPort: 5000, dstPort: pkts[0].hdr.srcPort, bufAlloc: 4096 });
     await expect(p).resolves.toBeInstanceOf(VsockSocket);
+  });
+
+  test('a REQUEST the driver queued and kicked before DRIVER_OK is served after activation', async () => {
+    const device = createVsockDevice(checkVsockOptions({ guestCid: 3 }), fakeHost());
+    const accepted: VsockSocket[] = [];
+    device.listen(7, (s) => accepted.push(s));
+    const mem = GuestMemory.anonymous(1 << 20);
+    const alloc = new BumpAllocator(mem);
+    const transport = new MmioTransport(device, { mem, irq: new MockIrq() });
+    const driver = new MockMmioDriver(transport, mem);
+    expect(driver.negotiate()).toBe(true);
+    const qs = [0, 1, 2].map((i) => {
+      const layout = allocQueueLayout(alloc, 16);
+      driver.setupQueue(i, layout);
+      return new MockVirtqueue(mem, layout);
+    });
+    const rx = alloc.alloc(4096 + 44);
+    qs[0].addChain([{ addr: rx, len: 4096 + 44, write: true }]);
+    const hdr = new Uint8Array(44);
+    encodeHeader({ srcCid: 3, dstCid: 2, srcPort: 1, dstPort: 7, len: 0, type: 1, op: VIRTIO_VSOCK_OP_REQUEST, flags: 0, bufAlloc: 4096, fwdCnt: 0 }, hdr);
+    qs[1].addChain([{ addr: alloc.allocData(hdr), len: 44 }]);
+    driver.notify(1); // dropped: before DRIVER_OK
+    driver.driverOk();
+    await tick();
+    expect(accepted).toHaveLength(1);
+    expect(qs[0].readUsed()).toHaveLength(1);
+    expect(decodeHeader(mem.read(rx, 44)).op).toBe(VIRTIO_VSOCK_OP_RESPONSE);
   });
 
   test('a host reader that does not read stops the guest: credit runs out, then comes back as it reads', async () => {
