@@ -13,8 +13,11 @@
 //              (counter test guest on the native layer; needs /dev/kvm and npm run build:guests)
 //   net        virtio-net host-side throughput (mock driver; TAP cases need root), VirtualSwitch,
 //              MMDS round trip
+//   vsock      virtio-vsock host-side throughput, both directions (mock driver, no KVM)
+//   invoke     vm.invoke() round trip through the vsock device (mock driver and guest agent, no KVM)
+//   balloon    balloon inflate rate: MiB/s of guest memory returned to the host (real anonymous mapping)
 //
-//   node bench/run.js [setup|density|console|queue|block|snapshot|net ...]   (default: all)
+//   node bench/run.js [setup|density|console|queue|block|snapshot|net|vsock|invoke|balloon ...]   (default: all)
 'use strict';
 const path = require('path');
 const fs = require('fs');
@@ -44,6 +47,9 @@ async function main() {
   if (want('queue') && fs.existsSync(path.join(__dirname, 'queue.bench.ts'))) runTs('queue.bench.ts');
   if (want('block') && fs.existsSync(path.join(__dirname, 'block.bench.ts'))) runTs('block.bench.ts');
   if (want('net') && fs.existsSync(path.join(__dirname, 'net.bench.ts'))) runTs('net.bench.ts');
+  for (const name of ['vsock', 'invoke', 'balloon']) {
+    if (want(name) && fs.existsSync(path.join(__dirname, `${name}.bench.ts`))) runTs(`${name}.bench.ts`);
+  }
 }
 
 main().catch((e) => {

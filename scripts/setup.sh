@@ -30,3 +30,5 @@ else
 fi
 log "building the test guests"
 npm run --silent build:guests
+log "building the guest agent (guest/agent/out/kindling-agent, static)"
+npm run --silent build:agent

@@ -8,6 +8,7 @@
 #include "fd_watch.h"
 #include "kvm_system.h"
 #include "tap.h"
+#include "memory_advice.h"
 #include "test_hooks.h"
 #include "vcpu.h"
 #include "vm.h"
@@ -37,6 +38,9 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("readvSpans", Napi::Function::New<ReadvSpans>(env, "readvSpans"));
   exports.Set("writevSpans", Napi::Function::New<WritevSpans>(env, "writevSpans"));
   exports.Set("residentPages", Napi::Function::New<ResidentPages>(env, "residentPages"));
+  exports.Set("discardMemory", Napi::Function::New<DiscardMemory>(env, "discardMemory"));
+  exports.Set("mapAnonymous", Napi::Function::New<MapAnonymous>(env, "mapAnonymous"));
+  exports.Set("pageSize", Napi::Function::New<PageSize>(env, "pageSize"));
   exports.Set("setErrorClass", Napi::Function::New<SetErrorClass>(env, "setErrorClass"));
   exports.Set("kickSignal", Napi::Number::New(env, KickSignal()));
   exports.Set("_testing", CreateTestHooks(env));

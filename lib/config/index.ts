@@ -43,7 +43,13 @@ export type ConfigErrorCode =
   /** The TAP could not be opened for another reason (permissions, a refused ioctl). */
   | 'TAP_OPEN_FAILED'
   /** MMDS options are wrong, or name a NIC that is not configured. */
-  | 'INVALID_MMDS';
+  | 'INVALID_MMDS'
+  /** vsock options are wrong. */
+  | 'INVALID_VSOCK'
+  /** Entropy device options are wrong. */
+  | 'INVALID_ENTROPY'
+  /** Balloon options or updates are wrong. */
+  | 'INVALID_BALLOON';
 
 /**
  * A builder method, update or `start()` was given a configuration that cannot work. Thrown at

@@ -498,6 +498,20 @@ export interface NativeAddon {
   writevSpans(fd: number, buffers: readonly ArrayBuffer[], spans: Float64Array, count: number): number;
   /** Pages of this process currently resident (from /proc/self/statm), for tests and benchmarks. */
   residentPages?(): number;
+  /**
+   * madvise(MADV_DONTNEED) on `[offset, offset+length)` of an ArrayBuffer's memory (guest RAM from
+   * `allocateMemory`, or `mapAnonymous`): the host frees those pages at once and they read back as
+   * zeros. `offset` must be host-page aligned (NativeError EINVAL, ioctl 'madvise' otherwise); a
+   * range outside the buffer (or a detached buffer) is a RangeError.
+   */
+  discardMemory(buffer: ArrayBuffer, offset: number, length: number): void;
+  /**
+   * A fresh private anonymous MAP_NORESERVE mapping of `size` bytes as an ArrayBuffer, unmapped
+   * when the buffer is collected: real, RSS-accounted memory for tests and benchmarks without a VM.
+   */
+  mapAnonymous(size: number): ArrayBuffer;
+  /** The host page size (sysconf(_SC_PAGESIZE)). */
+  pageSize(): number;
 }
 
 /** Properties the addon sets on every Error it throws. */

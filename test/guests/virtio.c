@@ -171,3 +171,112 @@ uint64_t vblk_capacity(const struct vdev *d)
 	} while (gen != vdev_read(d, VIRTIO_MMIO_CONFIG_GENERATION) && ++tries < 10);
 	return lo | (uint64_t)hi << 32;
 }
+
+const char *vdev_init_queues(struct vdev *d, uint64_t base, uint32_t irq, uint64_t wanted,
+			     struct vqueue *qs, struct vq_mem *mems, unsigned nq)
+{
+	memset(d, 0, sizeof(*d));
+	d->base = base;
+	d->irq = irq;
+	d->vq = &mems[0];
+
+	if (vdev_probe(base) < 0)
+		return "not virtio-mmio v2";
+	if (!vdev_reset(d))
+		return "reset did not complete";
+	set_status(d, VIRTIO_STATUS_ACKNOWLEDGE);
+	set_status(d, VIRTIO_STATUS_DRIVER);
+
+	vdev_write(d, VIRTIO_MMIO_DEVICE_FEATURES_SEL, 0);
+	uint64_t lo = vdev_read(d, VIRTIO_MMIO_DEVICE_FEATURES);
+	vdev_write(d, VIRTIO_MMIO_DEVICE_FEATURES_SEL, 1);
+	uint64_t hi = vdev_read(d, VIRTIO_MMIO_DEVICE_FEATURES);
+	d->offered = lo | hi << 32;
+	if (!(d->offered & FEATURE(VIRTIO_F_VERSION_1)))
+		return fail(d, "VERSION_1 not offered");
+	d->features = d->offered & (wanted | FEATURE(VIRTIO_F_VERSION_1));
+	vdev_write(d, VIRTIO_MMIO_DRIVER_FEATURES_SEL, 0);
+	vdev_write(d, VIRTIO_MMIO_DRIVER_FEATURES, (uint32_t)d->features);
+	vdev_write(d, VIRTIO_MMIO_DRIVER_FEATURES_SEL, 1);
+	vdev_write(d, VIRTIO_MMIO_DRIVER_FEATURES, (uint32_t)(d->features >> 32));
+	set_status(d, VIRTIO_STATUS_FEATURES_OK);
+	if (!(vdev_status(d) & VIRTIO_STATUS_FEATURES_OK))
+		return fail(d, "FEATURES_OK not accepted");
+
+	for (unsigned i = 0; i < nq; i++) {
+		struct vqueue *q = &qs[i];
+		struct vq_mem *vq = &mems[i];
+		vdev_write(d, VIRTIO_MMIO_QUEUE_SEL, i);
+		if (vdev_read(d, VIRTIO_MMIO_QUEUE_READY) != 0)
+			return fail(d, "queue already ready");
+		uint32_t max = vdev_read(d, VIRTIO_MMIO_QUEUE_NUM_MAX);
+		if (max == 0)
+			return fail(d, "queue not available");
+		uint16_t size = VQ_MAX;
+		while (size > max)
+			size >>= 1;
+		memset(q, 0, sizeof(*q));
+		q->mem = vq;
+		q->index = (uint16_t)i;
+		q->qsize = size;
+		memset(vq, 0, sizeof(*vq));
+		KT_BARRIER();
+		uint64_t desc = (uint64_t)(uintptr_t)vq->desc;
+		uint64_t avail = (uint64_t)(uintptr_t)&vq->avail;
+		uint64_t used = (uint64_t)(uintptr_t)&vq->used;
+		vdev_write(d, VIRTIO_MMIO_QUEUE_NUM, size);
+		vdev_write(d, VIRTIO_MMIO_QUEUE_DESC_LOW, (uint32_t)desc);
+		vdev_write(d, VIRTIO_MMIO_QUEUE_DESC_HIGH, (uint32_t)(desc >> 32));
+		vdev_write(d, VIRTIO_MMIO_QUEUE_DRIVER_LOW, (uint32_t)avail);
+		vdev_write(d, VIRTIO_MMIO_QUEUE_DRIVER_HIGH, (uint32_t)(avail >> 32));
+		vdev_write(d, VIRTIO_MMIO_QUEUE_DEVICE_LOW, (uint32_t)used);
+		vdev_write(d, VIRTIO_MMIO_QUEUE_DEVICE_HIGH, (uint32_t)(used >> 32));
+		vdev_write(d, VIRTIO_MMIO_QUEUE_READY, 1);
+	}
+	d->qsize = qs[0].qsize;
+	set_status(d, VIRTIO_STATUS_DRIVER_OK);
+	if (vdev_status(d) & (VIRTIO_STATUS_DEVICE_NEEDS_RESET | VIRTIO_STATUS_FAILED))
+		return "device failed at DRIVER_OK";
+	return 0;
+}
+
+void vq_set_desc(struct vqueue *q, uint16_t slot, const void *addr, uint32_t len, int device_writes)
+{
+	volatile struct virtq_desc *dd = &q->mem->desc[slot];
+	dd->addr = (uint64_t)(uintptr_t)addr;
+	dd->len = len;
+	dd->flags = device_writes ? VIRTQ_DESC_F_WRITE : 0;
+	dd->next = 0;
+}
+
+void vq_publish(const struct vdev *d, struct vqueue *q, uint16_t head, int notify)
+{
+	volatile struct virtq_avail *av = &q->mem->avail;
+	av->ring[q->avail_idx % q->qsize] = head;
+	KT_BARRIER(); /* ring entry before idx (§2.7.13) */
+	q->avail_idx++;
+	av->idx = q->avail_idx;
+	KT_BARRIER();
+	if (notify)
+		vdev_write(d, VIRTIO_MMIO_QUEUE_NOTIFY, q->index);
+}
+
+int vq_take_used(struct vqueue *q, uint32_t *id, uint32_t *len)
+{
+	volatile struct virtq_used *us = &q->mem->used;
+	if (us->idx == q->last_used)
+		return 0;
+	KT_BARRIER();
+	volatile struct virtq_used_elem *e = &us->ring[q->last_used % q->qsize];
+	*id = e->id;
+	*len = e->len;
+	q->last_used++;
+	return 1;
+}
+
+void vdev_ack_interrupts(const struct vdev *d)
+{
+	uint32_t isr = vdev_read(d, VIRTIO_MMIO_INTERRUPT_STATUS);
+	if (isr)
+		vdev_write(d, VIRTIO_MMIO_INTERRUPT_ACK, isr);
+}

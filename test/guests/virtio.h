@@ -145,6 +145,36 @@ int vdev_run(struct vdev *d, uint16_t head, uint32_t *len, unsigned max_polls);
 int vdev_run_raw(struct vdev *d, uint16_t head, uint16_t advance, uint32_t *len,
 		 unsigned max_polls);
 
+/* ---- several queues (vsock, balloon, rng) ----------------------------- */
+/*
+ * One polled split queue of a device with several. Descriptor i is the
+ * driver's buffer slot i; a guest adds a slot's descriptor (or a chain
+ * starting at it) and collects used heads without waiting.
+ */
+struct vqueue {
+	struct vq_mem *mem;
+	uint16_t index;      /* queue number */
+	uint16_t qsize;
+	uint16_t avail_idx;  /* driver's free-running copy of avail->idx */
+	uint16_t last_used;  /* used->idx already consumed */
+};
+
+/*
+ * §3.1.1 initialisation with queues 0..nq-1 (each of size
+ * min(QueueNumMax, VQ_MAX) rounded down to a power of two). Accepts
+ * VERSION_1 plus the offered subset of `wanted`. NULL on success.
+ */
+const char *vdev_init_queues(struct vdev *d, uint64_t base, uint32_t irq, uint64_t wanted,
+			     struct vqueue *qs, struct vq_mem *mems, unsigned nq);
+/* Fills descriptor `slot` of q (one buffer, NEXT clear). */
+void vq_set_desc(struct vqueue *q, uint16_t slot, const void *addr, uint32_t len, int device_writes);
+/* Publishes `head` in the available ring; notifies the device when `notify`. */
+void vq_publish(const struct vdev *d, struct vqueue *q, uint16_t head, int notify);
+/* Takes one used element if there is one: returns 1 and fills *id, *len. */
+int vq_take_used(struct vqueue *q, uint32_t *id, uint32_t *len);
+/* Reads InterruptStatus and acknowledges it (the guests poll; the IRQ is unused). */
+void vdev_ack_interrupts(const struct vdev *d);
+
 /* ---- virtio-blk (§5.2) ------------------------------------------------ */
 #define VIRTIO_BLK_F_RO 5
 #define VIRTIO_BLK_F_BLK_SIZE 6
