@@ -6,7 +6,9 @@
 #include "eventfd.h"
 #include "fd_watch.h"
 #include "kvm_system.h"
+#ifdef KINDLING_TEST_HOOKS
 #include "test_hooks.h"
+#endif
 #include "vcpu.h"
 #include "vm.h"
 #include "vm_core.h"
@@ -31,7 +33,9 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("residentPages", Napi::Function::New<ResidentPages>(env, "residentPages"));
   exports.Set("setErrorClass", Napi::Function::New<SetErrorClass>(env, "setErrorClass"));
   exports.Set("kickSignal", Napi::Number::New(env, KickSignal()));
+#ifdef KINDLING_TEST_HOOKS
   exports.Set("_testing", CreateTestHooks(env));
+#endif
   return exports;
 }
 

@@ -23,6 +23,9 @@ struct Mapping {
   ~Mapping() { Unmap(); }
 };
 
+/** The largest buffer allocateMemory() returns (NativeVm.allocateMemory in lib/native/types.ts). */
+constexpr uint64_t kMaxMemoryBuffer = uint64_t(1) << 32;
+
 class Vm : public Napi::ObjectWrap<Vm> {
  public:
   static Napi::Function Init(Napi::Env env);

@@ -87,6 +87,8 @@ export interface VmConfig {
   memoryMib: number;
   kernel?: { path: string; cmdline: string; initrd?: string };
   drives: DriveConfig[];
+  /** `false` starts the vCPU threads without their seccomp filter (debugging); absent or `true`: filtered. */
+  seccomp?: boolean;
 }
 
 const ID_RE = /^[A-Za-z0-9._-]{1,64}$/;

@@ -7,10 +7,11 @@
  * @module
  */
 import { promises as fsp } from 'fs';
-import { GuestMemory } from '../memory/guest-memory';
+import { GuestMemory, splitRegions } from '../memory/guest-memory';
 import { IoBus, IrqLine } from '../bus';
 import type { NativeAddon, NativeKvm, NativeVm, NativeVcpu, VcpuEventInfo, FdWatch } from '../native/types';
-import { ExitKind, VcpuVerdict } from '../native/types';
+import { ExitKind, MAX_MEMORY_BUFFER, VcpuVerdict } from '../native/types';
+import { vcpuSeccompFilter } from '../seccomp';
 import * as boot from '../boot';
 import * as cpu from '../cpu';
 import { Serial, SERIAL_CACHE_TRANSPARENT_WRITE_MASK, SERIAL_LSR_OFFSET } from '../devices/serial';
@@ -208,14 +209,11 @@ export class Machine {
       vm.createPit2(KVM_PIT_SPEAKER_DUMMY);
 
       const memSize = config.memoryMib * 1024 * 1024;
-      const layout = boot.memoryRegions(memSize);
-      const buffer = vm.allocateMemory(memSize);
-      let offset = 0;
-      const specs = layout.map((r, slot) => {
-        vm!.setUserMemoryRegion(slot, r.guestAddr, buffer, offset, r.size);
-        const spec = { guestAddr: r.guestAddr, buffer, byteOffset: offset, size: r.size };
-        offset += r.size;
-        return spec;
+      // One mapping, buffer and KVM slot per piece of at most 4 GiB (the addon's buffer limit).
+      const specs = splitRegions(boot.memoryRegions(memSize), MAX_MEMORY_BUFFER).map((r, slot) => {
+        const buffer = vm!.allocateMemory(r.size);
+        vm!.setUserMemoryRegion(slot, r.guestAddr, buffer, 0, r.size);
+        return { guestAddr: r.guestAddr, buffer, byteOffset: 0, size: r.size };
       });
       const memory = new GuestMemory(specs);
       const machine = new Machine(config, addon, kvm, vm, memory, events);
@@ -298,7 +296,8 @@ export class Machine {
     });
     this.refreshLsrCache();
     this.runningVcpus = this.vcpus.length;
-    for (const v of this.vcpus) v.start();
+    // Each vCPU thread filters its own system calls from its first KVM_RUN on (lib/seccomp).
+    for (const v of this.vcpus) v.start(config.seccomp === false ? undefined : vcpuSeccompFilter({ vcpuFd: v.fd }));
   }
 
   private async addDrive(d: DriveConfig, base: number, irq: number): Promise<void> {
