@@ -8,8 +8,9 @@
 //   console    UART accesses that reach JavaScript per printed byte, Linux boot (needs /dev/kvm)
 //   queue      the split-virtqueue's own cost per request (mock driver, no KVM)
 //   block      virtio-blk host-side throughput (mock driver, file in page cache, no KVM)
+//   seccomp    port-read round trips per second with and without the vCPU seccomp filter (needs /dev/kvm)
 //
-//   node bench/run.js [setup|density|console|queue|block ...]   (default: all)
+//   node bench/run.js [setup|density|console|queue|block|seccomp ...]   (default: all)
 'use strict';
 const path = require('path');
 const fs = require('fs');
@@ -27,12 +28,13 @@ function runTs(file) {
 async function main() {
   const { isKvmAvailable } = require('kindling');
   const kvm = isKvmAvailable();
-  if (want('setup') || want('density') || want('console')) {
-    if (!kvm.ok) console.log(`setup, density, console: skipped, KVM unavailable (${kvm.reason}); try: bash scripts/kvm-in-qemu.sh -- npm run bench`);
+  if (want('setup') || want('density') || want('console') || want('seccomp')) {
+    if (!kvm.ok) console.log(`setup, density, console, seccomp: skipped, KVM unavailable (${kvm.reason}); try: bash scripts/kvm-in-qemu.sh -- npm run bench`);
     else {
       if (want('setup')) await require('./setup.bench').run();
       if (want('density')) await require('./density.bench').run();
       if (want('console')) await require('./console.bench').run();
+      if (want('seccomp')) await require('./seccomp.bench').run();
     }
   }
   if (want('queue') && fs.existsSync(path.join(__dirname, 'queue.bench.ts'))) runTs('queue.bench.ts');
