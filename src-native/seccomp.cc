@@ -45,8 +45,7 @@ constexpr long kRefusedSyscall = 0x3fffffff;
 constexpr int kSysSeccomp = 1;
 
 struct sigaction g_previous;
-std::once_flag g_reporterOnce;
-int g_reporterError = 0;
+std::mutex g_reporterMu;
 
 NamedThread* FindThread(uintptr_t self) {
   for (NamedThread& t : g_threads) {
@@ -160,15 +159,21 @@ bool ParseSeccompProgram(const uint8_t* data, size_t len, SeccompProgram* out) {
 }
 
 int InstallSigsysReporter() {
-  std::call_once(g_reporterOnce, [] {
-    struct sigaction sa;
-    std::memset(&sa, 0, sizeof sa);
-    sa.sa_sigaction = OnSigsys;
-    sigemptyset(&sa.sa_mask);
-    sa.sa_flags = SA_SIGINFO;
-    if (sigaction(SIGSYS, &sa, &g_previous) != 0) g_reporterError = errno;
-  });
-  return g_reporterError;
+  std::lock_guard<std::mutex> lk(g_reporterMu);
+  struct sigaction current;
+  if (sigaction(SIGSYS, nullptr, &current) != 0) return errno;
+  if ((current.sa_flags & SA_SIGINFO) && current.sa_sigaction == OnSigsys) return 0;
+  // First time, or someone (process.on('SIGSYS') through libuv, say) replaced us since: their
+  // handler becomes the one SIGSYS of other threads goes to.
+  struct sigaction sa;
+  std::memset(&sa, 0, sizeof sa);
+  sa.sa_sigaction = OnSigsys;
+  sigemptyset(&sa.sa_mask);
+  sa.sa_flags = SA_SIGINFO;
+  struct sigaction previous;
+  if (sigaction(SIGSYS, &sa, &previous) != 0) return errno;
+  g_previous = previous;
+  return 0;
 }
 
 bool InstallThreadFilter(const SeccompProgram& prog, const char* threadName, FilterFailure* failure) {

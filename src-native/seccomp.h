@@ -24,10 +24,13 @@ constexpr size_t kMaxSeccompInstructions = 4096;
 bool ParseSeccompProgram(const uint8_t* data, size_t len, SeccompProgram* out);
 
 /**
- * Installs, once per process, the SIGSYS handler that reports a refused call of a filtered thread
- * on stderr and then lets the kernel kill the process with SIGSYS. SIGSYS for threads the addon
- * did not filter goes to whatever handler was installed before. Call on the JavaScript thread.
- * Returns 0 or errno.
+ * Makes sure the process's SIGSYS handler is the one that reports a refused call of a filtered
+ * thread on stderr and then lets the kernel kill the process with SIGSYS (installing it again if
+ * something replaced it; called before each filtered thread starts). SIGSYS for threads the addon
+ * did not filter goes to the handler that was there before. Returns 0 or errno.
+ *
+ * Should another handler replace it while a filtered thread runs, a refused call still does not
+ * happen (the trap skips it); the thread then sees ENOSYS instead of ending the process.
  */
 int InstallSigsysReporter();
 

@@ -343,17 +343,44 @@ describe('filtered vCPU threads (scripted, no KVM)', () => {
           }
           return 0x42;
         },
-        event() { return 0; },
+        event() {
+          // Pause while the thread waits for this verdict: it parks as soon as it has it, and the
+          // kick signal interrupts its wait.
+          vm.pauseVcpus();
+          setTimeout(() => { console.log('writes before resume', writes); vm.resumeVcpus(); }, 50);
+          return 0;
+        },
         vcpuStopped(id) { vm.stopVcpus(); console.log('stopped', id, writes, status, a._testing.scriptResults(vm, 3).join()); },
       });
       const steps = [];
       for (let i = 0; i < 20000; i++) steps.push(['w', 0, 0x3f8, 1, i & 0xff]);
-      steps.push(['r', 1, 0x3fd, 1], ['e', 5]);
+      steps.push(['r', 1, 0x3fd, 1], ['e', 5], ['w', 0, 0x3f8, 1, 0x21]);
       a._testing.startScript(vm, 3, steps, filter);
     `, { FILTER: filterHex(1234) });
     expect(r.stderr).toBe('');
     expect(r.signal).toBeNull();
-    expect(r.stdout.trim()).toBe('stopped 3 20000 NoNewPrivs:\t1 Seccomp:\t2 Seccomp_filters:\t1 66,0');
+    expect(r.stdout.trim().split('\n')).toEqual([
+      'writes before resume 20000',
+      'stopped 3 20001 NoNewPrivs:\t1 Seccomp:\t2 Seccomp_filters:\t1 66,0',
+    ]);
+  });
+
+  it('takes SIGSYS back from a handler installed after the first filtered thread', () => {
+    const r = runNode(`
+      const a = require(${JSON.stringify(ADDON_PATH)});
+      const filter = Uint8Array.from(Buffer.from(process.env.FILTER, 'hex'));
+      const vm = a._testing.createVm();
+      vm.setExitHandlers({ io() {}, event() { return 1; }, vcpuStopped(id) {
+        if (id !== 0) return;
+        process.on('SIGSYS', () => console.log('node got SIGSYS'));
+        a._testing.startScript(vm, 1, [['x', 'open']], filter);
+      } });
+      a._testing.startScript(vm, 0, [['e', 5]], filter);
+      setTimeout(() => console.log('still alive'), 2000);
+    `, { FILTER: filterHex(1234) });
+    expect(r.signal).toBe('SIGSYS');
+    expect(r.stdout).toBe('');
+    expect(r.stderr).toMatch(/^kindling: seccomp: vCPU thread kindling-cpu1 made system call 257 /);
   });
 
   const refused: [RefusedCall, number][] = [['execve', SYSCALLS.execve], ['open', SYSCALLS.openat], ['socket', SYSCALLS.socket], ['ioctl', SYSCALLS.ioctl]];
