@@ -241,6 +241,7 @@ void ThreadMain(VcpuCore* vp, std::function<void()> body, std::shared_ptr<Thread
 #endif
   if (body) {
     body();
+    body = nullptr;  // its captures are freed while the thread still has its name in a report
   } else {
     RunLoop(v);
   }

@@ -94,6 +94,11 @@ export function vcpuSeccompPolicy(opts: VcpuPolicyOptions): SeccompPolicy {
     },
     { syscall: 'munmap', reason: 'glibc malloc trimming an arena reservation or freeing a mapped chunk' },
     {
+      syscall: 'brk',
+      reason: 'glibc malloc growing or trimming the main arena, which a thread gets once the process has ' +
+        'as many arenas as glibc allows (8 per core)',
+    },
+    {
       syscall: 'madvise',
       args: [dword(2, MADV_DONTNEED)],
       reason: "glibc: shrinking an arena, and the thread's stack when it exits",

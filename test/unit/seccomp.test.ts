@@ -238,6 +238,7 @@ describe('compiled programs in the kernel', () => {
       ['arena shrink (strict overcommit)', [s.mmap, 0x1000, 0x1000, 0, 0x32, -1, 0]],
       ['arena growth', [s.mprotect, 0x1000, 0x21000, 3]],
       ['munmap', [s.munmap, 0x1000, 0x1000]],
+      ['brk', [s.brk, 0]],
       ['MADV_DONTNEED', [s.madvise, 0x1000, 0x1000, 4]],
       ['rt_sigprocmask', [s.rt_sigprocmask, 0, 0, 0, 8]],
       ['exit', [s.exit, 0]],
@@ -323,8 +324,11 @@ describe('compiled programs in the kernel', () => {
 describe('filtered vCPU threads (scripted, no KVM)', () => {
   const filterHex = (vcpuFd: number) => Buffer.from(vcpuSeccompFilter({ vcpuFd })).toString('hex');
 
-  it('run the exit queue under the filter in a fresh process, and the kernel shows the filter', () => {
-    // A fresh process: the thread's first allocation creates its malloc arena under the filter.
+  // A fresh process: the thread's first allocation creates its own malloc arena under the filter
+  // (and the script's copy of its steps, ~480 KB, gets its own mapping). With one arena allowed,
+  // no mmap threshold and no top pad, the thread shares the main arena and grows it with brk.
+  const mainArena = { MALLOC_ARENA_MAX: '1', MALLOC_MMAP_THRESHOLD_: String(32 << 20), MALLOC_TOP_PAD_: '0' };
+  it.each([['its own arena', {}], ['the main arena', mainArena]])('run the exit queue under the filter (%s), and the kernel shows the filter', (_what, env) => {
     const r = runNode(`
       const a = require(${JSON.stringify(ADDON_PATH)});
       const fs = require('fs');
@@ -356,7 +360,7 @@ describe('filtered vCPU threads (scripted, no KVM)', () => {
       for (let i = 0; i < 20000; i++) steps.push(['w', 0, 0x3f8, 1, i & 0xff]);
       steps.push(['r', 1, 0x3fd, 1], ['e', 5], ['w', 0, 0x3f8, 1, 0x21]);
       a._testing.startScript(vm, 3, steps, filter);
-    `, { FILTER: filterHex(1234) });
+    `, { FILTER: filterHex(1234), ...env });
     expect(r.stderr).toBe('');
     expect(r.signal).toBeNull();
     expect(r.stdout.trim().split('\n')).toEqual([
