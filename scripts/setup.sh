@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs everything Kindling needs on a Debian/Ubuntu machine and builds it: Debian packages
 # (compiler, cmake, busybox-static and e2fsprogs for the Linux test images), npm packages, the
-# native addon, the TypeScript build and the freestanding test guests. Safe to run again; it only
+# native addon and its test build, the TypeScript build and the freestanding test guests. Safe to run again; it only
 # does what is missing. Needs Node.js >= 20 with npm already installed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,7 +28,8 @@ else
   npm run --silent build:native
   npm run --silent build:ts
 fi
-log "building the test guests"
+log "building the addon's test build (with its _testing hooks, what jest loads) and the test guests"
+npm run --silent build:native:test
 npm run --silent build:guests
 log "building the guest agent (guest/agent/out/kindling-agent, static)"
 npm run --silent build:agent

@@ -9,7 +9,9 @@
 #include "kvm_system.h"
 #include "tap.h"
 #include "memory_advice.h"
+#ifdef KINDLING_TEST_HOOKS
 #include "test_hooks.h"
+#endif
 #include "vcpu.h"
 #include "vm.h"
 #include "vm_core.h"
@@ -43,7 +45,9 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("pageSize", Napi::Function::New<PageSize>(env, "pageSize"));
   exports.Set("setErrorClass", Napi::Function::New<SetErrorClass>(env, "setErrorClass"));
   exports.Set("kickSignal", Napi::Number::New(env, KickSignal()));
+#ifdef KINDLING_TEST_HOOKS
   exports.Set("_testing", CreateTestHooks(env));
+#endif
   return exports;
 }
 

@@ -6,6 +6,7 @@
 // answers through Answer(), or StopAll() cancels the wait.
 #include <signal.h>
 #include <algorithm>
+#include <system_error>
 #include <sys/mman.h>
 #include <unistd.h>
 
@@ -195,20 +196,33 @@ bool VmCore::FinishDrain() {
 }
 
 void VmCore::StartThread(VcpuCore& v, std::function<void()> body) {
+  if (!v.seccomp.empty()) {
+    const int err = InstallSigsysReporter();
+    if (err != 0) throw ThreadStartFailure{"sigaction(SIGSYS)", err};
+  }
   {
     std::lock_guard<std::mutex> lk(mu_);
     v.state = VcpuState::kRunning;
   }
+  auto start = std::make_shared<ThreadStart>();
   try {
-    if (body) {
-      v.thread = std::thread(std::move(body));
-    } else {
-      v.thread = std::thread(VcpuThreadMain, &v);
-    }
-  } catch (...) {
+    v.thread = std::thread(ThreadMain, &v, std::move(body), start);
+  } catch (const std::system_error& e) {
     std::lock_guard<std::mutex> lk(mu_);
     v.state = VcpuState::kIdle;
-    throw;
+    throw ThreadStartFailure{"pthread_create", e.code().value()};
+  }
+  ThreadStartFailure failure{nullptr, 0};
+  {
+    std::unique_lock<std::mutex> lk(start->mu);
+    start->cv.wait(lk, [&] { return start->done; });
+    failure = start->failure;
+  }
+  if (failure.op != nullptr) {
+    v.thread.join();
+    std::lock_guard<std::mutex> lk(mu_);
+    v.state = VcpuState::kIdle;
+    throw failure;
   }
   v.started = true;
 }

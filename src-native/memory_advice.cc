@@ -6,8 +6,6 @@
 
 #include <cstdint>
 
-#include <v8.h>
-
 #include "convert.h"
 #include "errors.h"
 
@@ -20,8 +18,8 @@ struct AnonMapping {
   size_t size;
 };
 
-// V8 calls this when the ArrayBuffer's backing store goes (collected or detached), on any thread.
-void ReleaseAnon(void* /*data*/, size_t /*length*/, void* hint) {
+// Node-API calls this when the ArrayBuffer is collected.
+void ReleaseAnon(napi_env /*env*/, void* /*data*/, void* hint) {
   auto* m = static_cast<AnonMapping*>(hint);
   munmap(m->addr, m->size);
   delete m;
@@ -47,17 +45,15 @@ Napi::Value DiscardMemory(const Napi::CallbackInfo& info) {
 Napi::Value MapAnonymous(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   const uint64_t size = ArgSafeU64(info, 0, "size");
-  if (size == 0 || size > (uint64_t(1) << 46)) ThrowRange(env, "mapAnonymous: size must be in (0, 2^46]");
+  // Node-API's external ArrayBuffers stop at 4 GiB on Node.js 20 (see vm.cc).
+  if (size == 0 || size > (uint64_t(1) << 32)) ThrowRange(env, "mapAnonymous: size must be in (0, 4 GiB]");
   void* addr = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
   if (addr == MAP_FAILED) ThrowErrno(env, "mmap", errno);
   auto* hint = new AnonMapping{addr, static_cast<size_t>(size)};
-  // A V8 ArrayBuffer, not napi_create_external_arraybuffer: Node 20 refuses external buffers over
-  // 4 GiB (see vm.cc). A napi_value is a v8::Local's slot pointer inside this callback scope.
-  v8::Isolate* isolate = v8::Isolate::GetCurrent();
-  std::unique_ptr<v8::BackingStore> store = v8::ArrayBuffer::NewBackingStore(addr, size, ReleaseAnon, hint);
-  v8::Local<v8::ArrayBuffer> buffer = v8::ArrayBuffer::New(isolate, std::move(store));
-  v8::Local<v8::Value> value = buffer;
-  return Napi::Value(env, reinterpret_cast<napi_value>(*value));
+  napi_value buffer = nullptr;
+  // On failure Node.js has already run the finalizer, which owns `hint`.
+  if (napi_create_external_arraybuffer(env, addr, size, ReleaseAnon, hint, &buffer) != napi_ok) throw Napi::Error::New(env);
+  return Napi::Value(env, buffer);
 }
 
 Napi::Value PageSize(const Napi::CallbackInfo& info) {

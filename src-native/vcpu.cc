@@ -7,7 +7,6 @@
 #include <sys/ioctl.h>
 
 #include <cstring>
-#include <system_error>
 #include <vector>
 
 #include "addon_data.h"
@@ -33,6 +32,7 @@ Napi::Function Vcpu::Init(Napi::Env env) {
   return DefineClass(env, "NativeVcpu",
                      {
                          InstanceAccessor<&Vcpu::Id>("id"),
+                         InstanceAccessor<&Vcpu::FdValue>("fd"),
                          InstanceMethod<&Vcpu::GetRegs>("getRegs"),
                          InstanceMethod<&Vcpu::SetRegs>("setRegs"),
                          InstanceMethod<&Vcpu::GetSregs>("getSregs"),
@@ -267,13 +267,26 @@ Napi::Value Vcpu::Start(const Napi::CallbackInfo& info) {
   if (vm_->Closed() || core_->fd < 0) ThrowErrno(env, "KVM_RUN", EBADF, "the VM is closed");
   if (vmCore_->stopping.load()) ThrowState(env, "start: the VM's vCPUs were stopped");
   if (!vm_->HandlersSet()) ThrowState(env, "start: call NativeVm.setExitHandlers() first");
+  SeccompProgram filter;
+  if (info.Length() > 0 && !info[0].IsUndefined()) {
+    if (!info[0].IsTypedArray() || info[0].As<Napi::TypedArray>().TypedArrayType() != napi_uint8_array) {
+      ThrowType(env, "start: the seccomp filter must be a Uint8Array");
+    }
+    Napi::Uint8Array bytes = info[0].As<Napi::Uint8Array>();
+    if (!ParseSeccompProgram(bytes.Data(), bytes.ByteLength(), &filter)) {
+      ThrowRange(env, "start: a seccomp filter is 1 to 4096 instructions of 8 bytes");
+    }
+  }
+  core_->seccomp = std::move(filter);
   try {
     vmCore_->StartThread(*core_);
-  } catch (const std::system_error& e) {
-    ThrowErrno(env, "pthread_create", e.code().value());
+  } catch (const ThreadStartFailure& f) {
+    ThrowErrno(env, f.op, f.err);
   }
   vm_->VcpuStarted(env);
   return env.Undefined();
 }
+
+Napi::Value Vcpu::FdValue(const Napi::CallbackInfo& info) { return Napi::Number::New(info.Env(), core_->fd); }
 
 }  // namespace kindling

@@ -18,8 +18,11 @@ class Vcpu : public Napi::ObjectWrap<Vcpu> {
 
   explicit Vcpu(const Napi::CallbackInfo& info);
 
+  const std::shared_ptr<VcpuCore>& core() const { return core_; }
+
  private:
   Napi::Value Id(const Napi::CallbackInfo& info);
+  Napi::Value FdValue(const Napi::CallbackInfo& info);
   Napi::Value GetRegs(const Napi::CallbackInfo& info);
   Napi::Value SetRegs(const Napi::CallbackInfo& info);
   Napi::Value GetSregs(const Napi::CallbackInfo& info);

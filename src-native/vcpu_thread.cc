@@ -153,26 +153,11 @@ void InstallKickSignalHandler() {
   sigaction(g_kickSignal, &sa, nullptr);
 }
 
-void VcpuThreadMain(VcpuCore* vp) {
-  VcpuCore& v = *vp;
+namespace {
+
+// The KVM_RUN loop; runs until a stop, a Stop verdict or a failed KVM_RUN.
+void RunLoop(VcpuCore& v) {
   VmCore& vm = *v.vm;
-
-  // Process signals (SIGINT, SIGTERM, SIGCHLD...) belong to the Node thread; the vCPU thread only
-  // takes its kick signal and faults raised by itself.
-  sigset_t set;
-  sigfillset(&set);
-  sigdelset(&set, KickSignal());
-  sigdelset(&set, SIGSEGV);
-  sigdelset(&set, SIGBUS);
-  sigdelset(&set, SIGFPE);
-  sigdelset(&set, SIGILL);
-  sigdelset(&set, SIGABRT);
-  pthread_sigmask(SIG_SETMASK, &set, nullptr);
-
-  char name[16];
-  snprintf(name, sizeof name, "kindling-cpu%u", v.id % 1000);
-  pthread_setname_np(pthread_self(), name);
-
   // After an I/O exit the instruction completes only on the next KVM_RUN; before parking we
   // complete it with immediate_exit set so that paused register state is consistent.
   bool ioPending = false;
@@ -219,7 +204,49 @@ void VcpuThreadMain(VcpuCore* vp) {
     if (reason == KVM_EXIT_INTR) continue;
     if (vm.SubmitEvent(v, DescribeExit(v.run)) == kStop) break;
   }
-  vm.ThreadEnded(v);
+}
+
+}  // namespace
+
+void ThreadMain(VcpuCore* vp, std::function<void()> body, std::shared_ptr<ThreadStart> start) {
+  VcpuCore& v = *vp;
+
+  // Process signals (SIGINT, SIGTERM, SIGCHLD...) belong to the Node thread; the vCPU thread only
+  // takes its kick signal, faults raised by itself and SIGSYS from its seccomp filter (blocked,
+  // the kernel would kill the process without the report).
+  sigset_t set;
+  sigfillset(&set);
+  for (int sig : {KickSignal(), SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGABRT, SIGSYS}) sigdelset(&set, sig);
+  pthread_sigmask(SIG_SETMASK, &set, nullptr);
+
+  char name[16];
+  snprintf(name, sizeof name, "kindling-cpu%u", v.id % 1000);
+  pthread_setname_np(pthread_self(), name);
+
+  // Before the first KVM_RUN: from here on the guest controls what this thread computes.
+  FilterFailure failure;
+  const bool filtered = !v.seccomp.empty();
+  const bool ok = !filtered || InstallThreadFilter(v.seccomp, name, &failure);
+  {
+    std::lock_guard<std::mutex> lk(start->mu);
+    start->done = true;
+    if (!ok) start->failure = {failure.op, failure.err};
+    start->cv.notify_one();
+  }
+  start.reset();
+  if (!ok) return;  // StartThread joins and reports; the vCPU never ran
+
+#ifdef KINDLING_TEST_HOOKS
+  if (v.testAttempt != 0) AttemptRefusedCall(v, v.testAttempt);
+#endif
+  if (body) {
+    body();
+    body = nullptr;  // its captures are freed while the thread still has its name in a report
+  } else {
+    RunLoop(v);
+  }
+  v.vm->ThreadEnded(v);
+  if (filtered) ForgetFilteredThread();
 }
 
 }  // namespace kindling

@@ -10,8 +10,6 @@
 #include <memory>
 #include <system_error>
 
-#include <v8.h>
-
 #include "addon_data.h"
 #include "convert.h"
 #include "errors.h"
@@ -38,29 +36,10 @@ void CallJs(napi_env env, napi_value /*js_callback*/, void* context, void* /*dat
 
 void FinalizeTsfn(napi_env /*env*/, void* data, void* /*hint*/) { delete static_cast<CoreHolder*>(data); }
 
-// V8 drops the backing store (on any thread, after the buffer is detached or collected): the
+// Node.js calls this on the JavaScript thread once the ArrayBuffer is collected or detached. The
 // mapping goes with the last shared_ptr, so an ArrayBuffer still referenced from JavaScript keeps
-// it alive and a closed VM has already unmapped it.
-void ReleaseMapping(void* /*data*/, size_t /*length*/, void* hint) {
-  delete static_cast<std::shared_ptr<Mapping>*>(hint);
-}
-
-// An ArrayBuffer over the whole mapping, without copying. Not napi_create_external_arraybuffer: on
-// Node.js 20 it goes through node::Buffer, which refuses more than 4 GiB (buffer.constants.
-// MAX_LENGTH) and, in refusing, runs the finalizer itself. A V8 ArrayBuffer has no such limit,
-// and the views GuestMemory takes of it stay within their own limits. A napi_value is a
-// v8::Local's slot pointer (Node.js's v8impl::JsValueFromV8LocalValue); the caller's N-API
-// callback scope owns the handle.
-napi_value ExternalArrayBuffer(const std::shared_ptr<Mapping>& mapping) {
-  static_assert(sizeof(napi_value) == sizeof(v8::Local<v8::Value>), "napi_value is a v8::Local");
-  v8::Isolate* isolate = v8::Isolate::GetCurrent();
-  auto* hint = new std::shared_ptr<Mapping>(mapping);
-  std::unique_ptr<v8::BackingStore> store =
-      v8::ArrayBuffer::NewBackingStore(mapping->addr, mapping->size, ReleaseMapping, hint);
-  v8::Local<v8::ArrayBuffer> ab = v8::ArrayBuffer::New(isolate, std::move(store));
-  v8::Local<v8::Value> value = ab;
-  return reinterpret_cast<napi_value>(*value);
-}
+// it alive, and a closed VM has already unmapped it.
+void ReleaseMapping(napi_env /*env*/, void* /*data*/, void* hint) { delete static_cast<std::shared_ptr<Mapping>*>(hint); }
 
 uint32_t SizeMask(uint32_t size) { return size >= 4 ? 0xffffffffu : ((1u << (size * 8)) - 1); }
 
@@ -365,7 +344,9 @@ Napi::Value Vm::AllocateMemory(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   if (torndown_) ThrowErrno(env, "mmap", EBADF, "the VM is closed");
   const uint64_t size = ArgSafeU64(info, 0, "size");
-  if (size == 0 || size > (uint64_t(1) << 46)) ThrowRange(env, "allocateMemory: size must be in (0, 2^46]");
+  // Node-API's external ArrayBuffers stop at 4 GiB on Node.js 20 (buffer.constants.MAX_LENGTH):
+  // larger guests take one buffer per region (lib/memory splitRegions).
+  if (size == 0 || size > kMaxMemoryBuffer) ThrowRange(env, "allocateMemory: size must be in (0, 4 GiB]");
   void* addr = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
   if (addr == MAP_FAILED) ThrowErrno(env, "mmap", errno);
   auto mapping = std::make_shared<Mapping>();
@@ -375,7 +356,14 @@ Napi::Value Vm::AllocateMemory(const Napi::CallbackInfo& info) {
 }
 
 Napi::Value Vm::AdoptMapping(Napi::Env env, const std::shared_ptr<Mapping>& mapping) {
-  napi_value buffer = ExternalArrayBuffer(mapping);
+  if (mapping->size > kMaxMemoryBuffer) ThrowRange(env, "a memory buffer holds at most 4 GiB");
+  auto* hint = new std::shared_ptr<Mapping>(mapping);
+  napi_value buffer = nullptr;
+  // On failure Node.js has already run (or scheduled) the finalizer, which owns `hint`: never
+  // delete it here. `mapping` then goes with it.
+  if (napi_create_external_arraybuffer(env, mapping->addr, mapping->size, ReleaseMapping, hint, &buffer) != napi_ok) {
+    throw Napi::Error::New(env);  // the pending exception or the last Node-API error
+  }
   MemoryEntry entry;
   entry.mapping = mapping;
   napi_create_reference(env, buffer, 0, &entry.buffer);

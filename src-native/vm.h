@@ -47,6 +47,9 @@ struct SlotInfo {
   uint32_t flags = 0;
 };
 
+/** The largest buffer allocateMemory() returns (NativeVm.allocateMemory in lib/native/types.ts). */
+constexpr uint64_t kMaxMemoryBuffer = uint64_t(1) << 32;
+
 class Vm : public Napi::ObjectWrap<Vm> {
  public:
   static Napi::Function Init(Napi::Env env);

@@ -17,6 +17,8 @@
 #include <thread>
 #include <vector>
 
+#include "seccomp.h"
+
 namespace kindling {
 
 class Vm;
@@ -87,8 +89,14 @@ struct VcpuCore {
   bool answered = false;
   uint64_t answer = 0;
   std::condition_variable answerCv;
-  /** Test hooks only (test_hooks.cc): what a scripted thread's reads and events got back. */
+  /** The seccomp program the thread installs on itself before it runs (empty: none). JS thread, before start. */
+  SeccompProgram seccomp;
+#ifdef KINDLING_TEST_HOOKS
+  /** What a scripted thread's reads and events got back (test_hooks.cc). */
   std::vector<uint32_t> scriptResults;
+  /** A refused call the thread attempts right after installing its filter (test_hooks.cc); 0: none. */
+  int testAttempt = 0;
+#endif
 
   bool Quiescent() const {
     return state == VcpuState::kIdle || state == VcpuState::kWaitingJs || state == VcpuState::kParked ||
@@ -166,8 +174,9 @@ class VmCore {
    */
   bool FinishDrain();
   /**
-   * Starts vCPU `v`'s run thread (VcpuThreadMain, or `body` for the test hooks); throws
-   * std::system_error if the thread cannot be created.
+   * Starts vCPU `v`'s run thread (ThreadMain: the KVM_RUN loop, or `body` for the test hooks) and returns once
+   * the thread has installed `v.seccomp` (if any). Throws ThreadStartFailure if the thread cannot
+   * be created or the kernel refuses the filter; `v` is then as before the call.
    */
   void StartThread(VcpuCore& v, std::function<void()> body = nullptr);
   /** Stop flag, cancels waits, kicks and joins every thread. Idempotent. */
@@ -203,11 +212,33 @@ class VmCore {
   std::vector<PioCacheGroup> pioGroups_;
 };
 
+/** Why StartThread failed: the call (pthread_create, prctl, seccomp) and errno. */
+struct ThreadStartFailure {
+  const char* op;
+  int err;
+};
+
+#ifdef KINDLING_TEST_HOOKS
+/** Test builds: makes the calling (filtered) thread attempt refused call `what` (test_hooks.cc). */
+void AttemptRefusedCall(VcpuCore& v, int what);
+#endif
+
 /** The signal that kicks a vCPU thread out of KVM_RUN. Installed once (no SA_RESTART). */
 int KickSignal();
 void InstallKickSignalHandler();
 
-/** The body of a vCPU thread. */
-void VcpuThreadMain(VcpuCore* v);
+/** What a new thread reports to StartThread once its prologue is done. */
+struct ThreadStart {
+  std::mutex mu;
+  std::condition_variable cv;
+  bool done = false;
+  ThreadStartFailure failure{nullptr, 0};
+};
+
+/**
+ * Every vCPU thread: signal mask, name, seccomp program (reported through `start`), then `body`
+ * (test hooks) or the KVM_RUN loop.
+ */
+void ThreadMain(VcpuCore* v, std::function<void()> body, std::shared_ptr<ThreadStart> start);
 
 }  // namespace kindling

@@ -67,7 +67,7 @@ export interface BootMemorySetup {
 export function setupBootMemory(mem: GuestMemory, opts: BootMemoryOptions): BootMemorySetup {
   const memSize = opts.memSize ?? mem.totalSize;
   for (const r of memoryRegions(memSize)) {
-    if (!mem.checkRange(r.guestAddr, r.size)) {
+    if (!mem.covers(r.guestAddr, r.size)) {
       throw new BootError('BAD_MEMORY_LAYOUT', `guest memory lacks the RAM region ${hex(r.guestAddr)}+${hex(r.size)} its size implies`);
     }
   }

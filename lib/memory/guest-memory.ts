@@ -1,10 +1,17 @@
 /**
  * Guest physical memory as seen from the host: a set of non-overlapping regions, each backed by an
- * ArrayBuffer that aliases the VM's mapping (or, in tests, a plain ArrayBuffer).
+ * ArrayBuffer that aliases one of the VM's mappings (or, in tests, a plain ArrayBuffer).
  *
  * Every access is bounds-checked: guest-supplied addresses and lengths are hostile, so nothing
  * here trusts them, and an access that does not lie wholly inside one region throws
  * {@link MemoryError} instead of touching anything.
+ *
+ * A region is at most one buffer, and buffers from the addon are at most 4 GiB, so guest RAM
+ * larger than that comes as several regions ({@link splitRegions}) cut at multiples of 4 GiB of
+ * guest physical address. An access is still served by one region: a guest range that crosses
+ * such a cut (at 8 GiB, 12 GiB…) is refused as if it were outside memory. Nothing naturally
+ * aligned crosses one (pages, folios, rings), and Linux's block layer keeps every segment inside a
+ * 4 GiB window (its default segment boundary mask).
  * @module
  */
 import { KindlingError } from '../errors';
@@ -42,10 +49,7 @@ export interface MemoryRegion {
   readonly byteOffset: number;
 }
 
-/**
- * How a region is given to {@link GuestMemory}: either a byte array, or a range of an ArrayBuffer
- * (needed for regions over 4 GiB, which no single Uint8Array can span).
- */
+/** How a region is given to {@link GuestMemory}: either a byte array, or a range of an ArrayBuffer. */
 export type RegionSpec =
   | {
       /** Guest physical address of the region's first byte. */
@@ -66,6 +70,41 @@ export type RegionSpec =
 
 /** Largest address we accept as a JS number: 2^52 keeps every sum of address + length exact. */
 const MAX_ADDR = 2 ** 52;
+
+/** A range of guest physical addresses. */
+export interface GuestRange {
+  /** First guest physical address. */
+  readonly guestAddr: number;
+  /** Length in bytes. */
+  readonly size: number;
+}
+
+/**
+ * Cuts RAM ranges at every multiple of `maxBytes` of guest physical address, so that each piece
+ * fits one buffer of at most `maxBytes` and anything naturally aligned to `maxBytes` or less lies
+ * inside one piece.
+ * @param maxBytes the largest buffer the backing store provides (the addon's MAX_MEMORY_BUFFER)
+ * @throws MemoryError BAD_REGION for a range or limit that is not a positive safe integer
+ */
+export function splitRegions(ranges: readonly GuestRange[], maxBytes: number): GuestRange[] {
+  if (!Number.isSafeInteger(maxBytes) || maxBytes <= 0) {
+    throw new MemoryError('BAD_REGION', `buffer limit ${maxBytes} is not a positive integer`);
+  }
+  const out: GuestRange[] = [];
+  for (const r of ranges) {
+    if (!Number.isSafeInteger(r.guestAddr) || r.guestAddr < 0 || !Number.isSafeInteger(r.size) || r.size <= 0 ||
+        r.guestAddr + r.size > MAX_ADDR) {
+      throw new MemoryError('BAD_REGION', `range ${r.guestAddr}+${r.size} is not a valid guest range`, r.guestAddr, r.size);
+    }
+    const end = r.guestAddr + r.size;
+    for (let at = r.guestAddr; at < end;) {
+      const cut = Math.min(end, (Math.floor(at / maxBytes) + 1) * maxBytes);
+      out.push({ guestAddr: at, size: cut - at });
+      at = cut;
+    }
+  }
+  return out;
+}
 
 /** Bounds-checked guest physical memory. */
 export class GuestMemory {
@@ -130,9 +169,23 @@ export class GuestMemory {
     return -1;
   }
 
-  /** Whether `[addr, addr+len)` lies wholly inside one region. */
+  /** Whether `[addr, addr+len)` lies wholly inside one region (what every access needs). */
   checkRange(addr: number, len: number): boolean {
     return this.find(addr, len) >= 0;
+  }
+
+  /**
+   * Whether every byte of `[addr, addr+len)` is guest memory, possibly in several adjacent
+   * regions (for checking a RAM layout; accesses need {@link checkRange}).
+   */
+  covers(addr: number, len: number): boolean {
+    if (this.find(addr, 0) < 0 || !(len >= 0) || !Number.isInteger(len) || len > MAX_ADDR) return false;
+    const end = addr + len;
+    let at = addr;
+    for (let i = 0; i < this.starts.length && at < end; i++) {
+      if (this.starts[i] <= at && at < this.ends[i]) at = this.ends[i];
+    }
+    return at >= end;
   }
 
   private region(addr: number, len: number): number {

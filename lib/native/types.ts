@@ -125,6 +125,9 @@ export enum VcpuVerdict {
   Stop = 1,
 }
 
+/** The largest buffer `NativeVm.allocateMemory` returns: 4 GiB. */
+export const MAX_MEMORY_BUFFER = 2 ** 32;
+
 /** Handlers the vCPU threads call on the JavaScript thread. Registered once per VM. */
 export interface ExitHandlers {
   /**
@@ -287,8 +290,11 @@ export interface NativeVm {
   /** KVM_CHECK_EXTENSION on the VM fd. */
   checkExtension(cap: number): number;
   /**
-   * Maps `size` bytes of anonymous, private, MAP_NORESERVE memory and returns it as an ArrayBuffer
-   * that aliases the mapping (no copy). The mapping lives until `close()`, which detaches the buffer.
+   * Maps `size` bytes of anonymous, private, MAP_NORESERVE memory and returns it as an external
+   * ArrayBuffer that aliases the mapping (no copy). The mapping lives until `close()`, which
+   * detaches the buffer. `size` is at most {@link MAX_MEMORY_BUFFER} (RangeError above): Node-API's
+   * external buffers stop there on Node.js 20, so a larger guest takes one buffer per region of
+   * guest RAM (`splitRegions` in lib/memory).
    */
   allocateMemory(size: number): ArrayBuffer;
   /**
@@ -399,6 +405,8 @@ export interface NativeVm {
  */
 export interface NativeVcpu {
   readonly id: number;
+  /** The vCPU fd (-1 once the VM is closed): what a seccomp policy names for KVM_RUN. */
+  readonly fd: number;
   getRegs(): Regs;
   setRegs(regs: Regs): void;
   getSregs(): Sregs;
@@ -421,8 +429,16 @@ export interface NativeVcpu {
   setMpState(state: number): void;
   /** Injects an exception through KVM_SET_VCPU_EVENTS (`exception.injected = 1`). */
   injectException(vector: number, errorCode?: number): void;
-  /** Starts the run thread (once). */
-  start(): void;
+  /**
+   * Starts the run thread (once). With `seccompFilter` (a BPF program, 8 bytes per instruction:
+   * lib/seccomp builds them), the thread installs it on itself alone (no_new_privs, then
+   * seccomp(SECCOMP_SET_MODE_FILTER) without TSYNC) before its first KVM_RUN, and start() returns
+   * only once it is in place. A call the program traps is reported on stderr (thread, call number,
+   * arguments) and the kernel kills the process with SIGSYS.
+   * @throws NativeError from 'prctl(PR_SET_NO_NEW_PRIVS)' or 'seccomp(SECCOMP_SET_MODE_FILTER)'
+   * (e.g. EINVAL for a program the kernel refuses); the vCPU is then not started
+   */
+  start(seccompFilter?: Uint8Array): void;
   /**
    * Where the run thread is: `'idle'` (not started), `'running'`, `'waiting'` (for a handler's
    * answer, i.e. in the middle of an I/O instruction), `'parked'` (paused between instructions)

@@ -5,7 +5,7 @@
  * @module
  */
 import * as fs from 'fs';
-import { ConfigError, checkOneOf, checkOptionsObject } from '../config';
+import { ConfigError, checkBoolean, checkOneOf, checkOptionsObject } from '../config';
 import type { DriveConfig } from '../devices/block/config';
 
 export type { DriveOptions, DriveConfig, DriveUpdate } from '../devices/block/config';
@@ -40,7 +40,7 @@ export interface KernelOptions {
 export type HostQuirksMode = 'auto' | 'emulated-kvm' | 'none';
 
 /** The keys {@link MicroVMOptions} may have. */
-const MICROVM_OPTION_KEYS = ['id', 'kvmPath', 'hostQuirks'] as const;
+const MICROVM_OPTION_KEYS = ['id', 'kvmPath', 'hostQuirks', 'seccomp'] as const;
 
 /** Options of the MicroVM constructor. */
 export interface MicroVMOptions {
@@ -53,6 +53,12 @@ export interface MicroVMOptions {
    * `'auto'` (default) detects such a host; on an ordinary KVM host nothing changes.
    */
   hostQuirks?: HostQuirksMode;
+  /**
+   * Each vCPU thread runs under a seccomp filter that allows only the system calls its run loop
+   * needs (default `true`); anything else kills the process with a report on stderr. `false`
+   * turns it off, for debugging.
+   */
+  seccomp?: boolean;
 }
 
 /** A virtio device to build at `start()`: its kind, id and validated configuration. */
@@ -81,6 +87,8 @@ export interface VmConfig {
   trackDirtyPages: boolean;
   /** Firecracker's boot-timer device in the first virtio-mmio window. */
   bootTimer: boolean;
+  /** `false` starts the vCPU threads without their seccomp filter (debugging); absent or `true`: filtered. */
+  seccomp?: boolean;
 }
 
 const ID_RE = /^[A-Za-z0-9._-]{1,64}$/;
@@ -97,7 +105,8 @@ export function initialConfig(options: unknown = {}): VmConfig {
   if (typeof kvmPath !== 'string' || kvmPath.length === 0) {
     throw new ConfigError('INVALID_OPTION', 'kvmPath must be a non-empty string');
   }
-  return { id, kvmPath, hostQuirks, vcpus: 1, memoryMib: 128, drives: [], devices: [], trackDirtyPages: false, bootTimer: false };
+  const seccomp = checkBoolean(opts.seccomp, 'seccomp', 'INVALID_OPTION', true);
+  return { id, kvmPath, hostQuirks, seccomp, vcpus: 1, memoryMib: 128, drives: [], devices: [], trackDirtyPages: false, bootTimer: false };
 }
 
 /** Validates a vCPU count. */

@@ -13,9 +13,11 @@
  * @module
  */
 import { promises as fsp } from 'fs';
-import { GuestMemory, type RegionSpec } from '../memory/guest-memory';
+import { GuestMemory, splitRegions, type RegionSpec } from '../memory/guest-memory';
 import { IoBus, type IrqLine } from '../bus';
 import type { NativeAddon, NativeKvm, NativeVm, NativeVcpu } from '../native/types';
+import { MAX_MEMORY_BUFFER } from '../native/types';
+import { vcpuSeccompFilter } from '../seccomp';
 import * as boot from '../boot';
 import * as cpu from '../cpu';
 import { Serial, SERIAL_CACHE_TRANSPARENT_WRITE_MASK, SERIAL_LSR_OFFSET } from '../devices/serial';
@@ -170,15 +172,8 @@ export async function startMachine(config: VmConfig, opts: StartOptions): Promis
   const kernelImage = await readInput(config.kernel.path, 'kernel');
   const initrd = config.kernel.initrd ? await readInput(config.kernel.initrd, 'initrd') : undefined;
   return withVm(config, opts.addon, async (kvm, vm) => {
-    const memSize = config.memoryMib * 1024 * 1024;
-    const buffer = vm.allocateMemory(memSize);
-    let offset = 0;
-    const regions = boot.memoryRegions(memSize).map((r, slot) => {
-      const rec = { guestAddr: r.guestAddr, size: r.size, fileOffset: offset, slot };
-      offset += r.size;
-      return rec;
-    });
-    const machine = new Machine(config, opts, kvm, vm, buffer, regions);
+    const memory = allocateMemory(vm, config.memoryMib * 1024 * 1024);
+    const machine = new Machine(config, opts, kvm, vm, memory);
     await machine.build({ kernelImage, initrd });
     return machine;
   });
@@ -194,8 +189,10 @@ export async function restoreMachine(
   snap: LoadedSnapshot, config: VmConfig, opts: StartOptions & { memory: 'map' | 'copy'; paused: boolean },
 ): Promise<MachineHandle> {
   return withVm(config, opts.addon, async (kvm, vm) => {
+    // restoreMemory has registered the slots already.
     const buffer = await restoreMemory(vm, snap, opts.memory);
-    const machine = new Machine(config, opts, kvm, vm, buffer, snap.state.memory.regions);
+    const memory = snap.state.memory.regions.map((r) => ({ ...r, buffer, byteOffset: r.fileOffset }));
+    const machine = new Machine(config, opts, kvm, vm, memory, { slotsRegistered: true });
     await machine.build({ snapshot: snap, paused: opts.paused });
     return machine;
   });
@@ -261,6 +258,41 @@ function createVm(kvm: NativeKvm): NativeVm {
   return vm;
 }
 
+/**
+ * One region of guest RAM as the machine holds it: its KVM slot, the buffer and offset that back
+ * it, and where it goes in a snapshot's memory file.
+ */
+interface RamRegion extends MemoryRegionRecord {
+  /** The mapping behind it (from allocateMemory or mapMemoryFile). */
+  buffer: ArrayBuffer;
+  /** Where the region starts in `buffer`. */
+  byteOffset: number;
+}
+
+/**
+ * Guest RAM for a fresh machine: one anonymous mapping (and buffer) for all of it when it fits
+ * the addon's 4 GiB buffer limit, else one per piece of at most 4 GiB (`splitRegions`). The
+ * memory file of a snapshot lays the regions out one after the other (`fileOffset`).
+ */
+function allocateMemory(vm: NativeVm, memSize: number): RamRegion[] {
+  const layout = boot.memoryRegions(memSize);
+  if (memSize <= MAX_MEMORY_BUFFER) {
+    const buffer = vm.allocateMemory(memSize);
+    let offset = 0;
+    return layout.map((r, slot) => {
+      const region = { guestAddr: r.guestAddr, size: r.size, slot, buffer, byteOffset: offset, fileOffset: offset };
+      offset += r.size;
+      return region;
+    });
+  }
+  let fileOffset = 0;
+  return splitRegions(layout, MAX_MEMORY_BUFFER).map((r, slot) => {
+    const region = { guestAddr: r.guestAddr, size: r.size, slot, buffer: vm.allocateMemory(r.size), byteOffset: 0, fileOffset };
+    fileOffset += r.size;
+    return region;
+  });
+}
+
 /** How {@link Machine.build} fills the machine: from a kernel, or from a snapshot. */
 type BuildSource =
   | { kernelImage: Buffer; initrd: Buffer | undefined }
@@ -295,15 +327,15 @@ class Machine implements MachineHandle {
     private readonly opts: StartOptions,
     private readonly kvm: NativeKvm,
     private readonly vm: NativeVm,
-    private readonly memoryBuffer: ArrayBuffer,
-    private readonly regions: readonly MemoryRegionRecord[],
+    private readonly regions: readonly RamRegion[],
+    placed: { slotsRegistered?: boolean } = {},
   ) {
     const { addon, events } = opts;
     this.events = events;
     this.kinds = opts.kinds ?? BUILTIN_DEVICE_KINDS;
     this.quirks = config.hostQuirks === 'auto' ? cpu.detectHostQuirks() : { emulatedKvm: config.hostQuirks === 'emulated-kvm' };
-    for (const r of regions) vm.setUserMemoryRegion(r.slot, r.guestAddr, memoryBuffer, r.fileOffset, r.size);
-    const specs: RegionSpec[] = regions.map((r) => ({ guestAddr: r.guestAddr, buffer: memoryBuffer, byteOffset: r.fileOffset, size: r.size }));
+    if (!placed.slotsRegistered) for (const r of regions) vm.setUserMemoryRegion(r.slot, r.guestAddr, r.buffer, r.byteOffset, r.size);
+    const specs: RegionSpec[] = regions.map((r) => ({ guestAddr: r.guestAddr, buffer: r.buffer, byteOffset: r.byteOffset, size: r.size }));
     // Diff snapshots need the pages the host writes too (KVM's dirty log sees only the guest's).
     this.memory = config.trackDirtyPages ? new DirtyTrackingGuestMemory(specs) : new GuestMemory(specs);
     if (config.trackDirtyPages) for (const r of regions) vm.setDirtyLogging(r.slot, true);
@@ -368,7 +400,8 @@ class Machine implements MachineHandle {
       });
       this.publishLsr();
       this.runningVcpus = this.vcpus.length;
-      for (const v of this.vcpus) v.start();
+      // Each vCPU thread filters its own system calls from its first KVM_RUN on (lib/seccomp).
+      for (const v of this.vcpus) v.start(config.seccomp === false ? undefined : vcpuSeccompFilter({ vcpuFd: v.fd }));
     } catch (e) {
       this.ended = true;
       await this.release();
@@ -531,11 +564,15 @@ class Machine implements MachineHandle {
     await this.devices.drain();
     this.serial.flush();
     const record: MachineRecord = { version: MACHINE_RECORD_VERSION, config: this.config, cmdline: this.cmdline };
+    const buffer = this.regions[0].buffer;
+    if (this.regions.some((r) => r.buffer !== buffer)) {
+      throw new SnapshotError('BAD_ARGUMENT', 'snapshots of guests with more than 4 GiB of memory are not supported yet (their memory is in more than one buffer)', { field: 'memory' });
+    }
     const info = await takeSnapshot(dir, {
       kvm: this.kvm,
       vm: this.vm,
       vcpus: this.vcpus,
-      memory: { buffer: this.memoryBuffer, regions: this.regions },
+      memory: { buffer, regions: this.regions.map(({ guestAddr, size, fileOffset, slot }) => ({ guestAddr, size, fileOffset, slot })) },
       devices: this.devices.saveState(),
       machine: JSON.parse(JSON.stringify(record)) as StateObject,
     }, {

@@ -22,6 +22,12 @@ import { SerialStream } from './serial-stream';
 import type { VmMetrics } from './metrics';
 
 /**
+ * The largest guest whose memory fits the addon's single 4 GiB buffer, which snapshots (and
+ * dirty-page tracking) need for now.
+ */
+export const MAX_SNAPSHOT_MEMORY_MIB = 4096;
+
+/**
  * Lifecycle states. A VM moves forward through configuring → starting → running → stopping →
  * exited, and between running and paused in either direction.
  */
@@ -161,7 +167,9 @@ export class MicroVM extends EventEmitter<MicroVMEvents> {
    */
   memory(mib: number): this {
     this.configurable();
-    this.config.memoryMib = checkMemory(mib);
+    const checked = checkMemory(mib);
+    if (this.config.trackDirtyPages && checked > MAX_SNAPSHOT_MEMORY_MIB) throw new ConfigError('INVALID_MEMORY', `with trackDirtyPages() memory is limited to ${MAX_SNAPSHOT_MEMORY_MIB} MiB for now`);
+    this.config.memoryMib = checked;
     return this;
   }
 
@@ -218,6 +226,7 @@ export class MicroVM extends EventEmitter<MicroVMEvents> {
   trackDirtyPages(enable = true): this {
     this.configurable();
     if (typeof enable !== 'boolean') throw new ConfigError('INVALID_OPTION', `trackDirtyPages() takes a boolean, not ${describe(enable)}`);
+    if (enable && this.config.memoryMib > MAX_SNAPSHOT_MEMORY_MIB) throw new ConfigError('INVALID_OPTION', `diff snapshots are limited to guests of ${MAX_SNAPSHOT_MEMORY_MIB} MiB for now`);
     this.config.trackDirtyPages = enable;
     return this;
   }
@@ -368,7 +377,7 @@ export class MicroVM extends EventEmitter<MicroVMEvents> {
     const resume = checkBoolean(o.resume, 'restore resume', 'INVALID_OPTION', true);
     const memory = checkOneOf(o.memory, 'restore memory', 'INVALID_OPTION', ['map', 'copy'] as const, 'map');
     const saved = machineConfigOf(snap).config;
-    const vm = new MicroVM({ ...(o.id !== undefined ? { id: o.id as string } : {}), kvmPath: saved.kvmPath, hostQuirks: saved.hostQuirks });
+    const vm = new MicroVM({ ...(o.id !== undefined ? { id: o.id as string } : {}), kvmPath: saved.kvmPath, hostQuirks: saved.hostQuirks, seccomp: saved.seccomp !== false });
     // The saved configuration, checked again as any input, with this VM's host resources.
     const config = restoredConfig(saved, vm.config.id, o.drives, o.devices, vm.customDevices);
     Object.assign(vm.config, config);

@@ -48,6 +48,18 @@ describeKvm('freestanding guests on KVM', () => {
     expect(run.info.reason).toBe('reset');
   });
 
+  it('runs a 64 GiB guest: RAM above 4 GiB in 4 GiB pieces (one buffer and KVM slot each), E820 as one range', async () => {
+    const size = 64 * 1024 * 1024 * 1024;
+    const vm = new MicroVM().memory(size / (1024 * 1024)).kernel(guest('hello'));
+    const run = await runVm(vm);
+    const expected = e820Map(size).map((e, i) => `e820 ${i} ${e.addr.toString(16)} ${e.size.toString(16)} ${e.type}`);
+    expect(expected[expected.length - 1]).toBe(`e820 ${expected.length - 1} 100000000 ${(size - 0xd0000000).toString(16)} 1`);
+    expect(run.lines.filter((l) => l.startsWith('e820 '))).toEqual(expected);
+    const ram = e820Map(size).filter((e) => e.type === 1).reduce((a, e) => a + e.size, 0);
+    expect(Number(run.kv.get('e820_ram_bytes'))).toBe(ram);
+    expect(run.info.reason).toBe('reset');
+  });
+
   it('enters a bzImage at its 64-bit entry with the image\'s own setup header in the zero page', async () => {
     const file = guest('hello.bzImage');
     const image = fs.readFileSync(file);

@@ -1,4 +1,6 @@
-import { GuestMemory, MemoryError } from '../../lib/memory/guest-memory';
+import fc from 'fast-check';
+import { GuestMemory, MemoryError, splitRegions } from '../../lib/memory/guest-memory';
+import { memoryRegions } from '../../lib/boot';
 import { IoBus, BusError } from '../../lib/bus';
 
 describe('GuestMemory', () => {
@@ -68,6 +70,67 @@ describe('GuestMemory', () => {
       { guestAddr: 0, bytes: new Uint8Array(16) },
       { guestAddr: 8, bytes: new Uint8Array(16) },
     ])).toThrow(expect.objectContaining({ code: 'OVERLAP' }));
+  });
+});
+
+describe('splitRegions', () => {
+  const GiB = 2 ** 30;
+
+  it('cuts guest RAM at every 4 GiB of guest address: a 64 GiB guest in 17 pieces', () => {
+    const pieces = splitRegions(memoryRegions(64 * GiB), 4 * GiB);
+    expect(pieces[0]).toEqual({ guestAddr: 0, size: 0xd0000000 });
+    expect(pieces[1]).toEqual({ guestAddr: 4 * GiB, size: 4 * GiB });
+    expect(pieces[pieces.length - 1]).toEqual({ guestAddr: 64 * GiB, size: 64 * GiB - 0xd0000000 - 15 * 4 * GiB });
+    expect(pieces).toHaveLength(17);
+    expect(splitRegions(memoryRegions(5 * GiB), 4 * GiB)).toEqual(memoryRegions(5 * GiB));
+  });
+
+  it('covers each range exactly, in pieces of at most the limit that never cross a multiple of it', () => {
+    fc.assert(
+      fc.property(
+        fc.array(fc.record({ guestAddr: fc.integer({ min: 0, max: 2 ** 40 }), size: fc.integer({ min: 1, max: 2 ** 36 }) }), { maxLength: 4 }),
+        fc.integer({ min: 2 ** 26, max: 2 ** 34 }), // at most 1024 pieces per range
+        (ranges, max) => {
+          const pieces = splitRegions(ranges, max);
+          let i = 0;
+          for (const r of ranges) {
+            let at = r.guestAddr;
+            while (at < r.guestAddr + r.size) {
+              const p = pieces[i++];
+              expect(p.guestAddr).toBe(at);
+              expect(p.size).toBeGreaterThan(0);
+              expect(p.size).toBeLessThanOrEqual(max);
+              expect(Math.floor(p.guestAddr / max)).toBe(Math.floor((p.guestAddr + p.size - 1) / max));
+              at += p.size;
+            }
+            expect(at).toBe(r.guestAddr + r.size);
+          }
+          expect(i).toBe(pieces.length);
+        },
+      ),
+    );
+  });
+
+  it('refuses a bad limit or range', () => {
+    expect(() => splitRegions([{ guestAddr: 0, size: 4096 }], 0)).toThrow(MemoryError);
+    expect(() => splitRegions([{ guestAddr: 0, size: 0 }], 4096)).toThrow(MemoryError);
+    expect(() => splitRegions([{ guestAddr: -1, size: 1 }], 4096)).toThrow(MemoryError);
+  });
+
+  it('GuestMemory over the pieces: covers() spans adjacent pieces, accesses stay inside one', () => {
+    // The same shape as a large guest, scaled down: pieces of 0x1000 from 0x10000.
+    const ranges = splitRegions([{ guestAddr: 0, size: 0x800 }, { guestAddr: 0x10000, size: 0x2800 }], 0x1000);
+    const mem = new GuestMemory(ranges.map((r) => ({ guestAddr: r.guestAddr, bytes: new Uint8Array(r.size) })));
+    expect(mem.regions).toHaveLength(4);
+    expect(mem.covers(0x10000, 0x2800)).toBe(true);
+    expect(mem.covers(0x10ff0, 0x20)).toBe(true);
+    expect(mem.covers(0x10000, 0x2801)).toBe(false);
+    expect(mem.covers(0x700, 0x200)).toBe(false); // runs into the gap
+    expect(mem.covers(0x20000, 0)).toBe(false);
+    expect(mem.checkRange(0x10ff0, 0x20)).toBe(false);
+    expect(() => mem.slice(0x10ff0, 0x20)).toThrow(MemoryError);
+    mem.writeU32(0x11ffc, 0xdeadbeef);
+    expect(mem.readU32(0x11ffc)).toBe(0xdeadbeef);
   });
 });
 

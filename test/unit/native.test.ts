@@ -3,26 +3,13 @@
  * event-loop watches, guest memory buffers, and the exit queue driven by scripted vCPU threads
  * (the addon's `_testing` hooks stand in for KVM_RUN).
  */
-import { spawnSync } from 'child_process';
-import * as path from 'path';
-
 import { NativeError, isKvmAvailable, loadNative } from '../../lib/native/binding';
-import { ExitKind, VcpuVerdict } from '../../lib/native/types';
-import type { ExitHandlers, NativeAddon, NativeVm, VcpuEventInfo } from '../../lib/native/types';
-
-/** Script steps understood by the test hooks (see src-native/test_hooks.cc). */
-type Step = ['w', number, number, number, number] | ['r', number, number, number] | ['e', number] | ['spin'];
-
-interface TestHooks {
-  createVm(): NativeVm;
-  startScript(vm: NativeVm, id: number, steps: Step[]): void;
-  scriptResults(vm: NativeVm, id: number): number[];
-}
-
-const ADDON_PATH = path.resolve(__dirname, '../../build/Release/kindling.node');
+import { ExitKind, MAX_MEMORY_BUFFER, VcpuVerdict } from '../../lib/native/types';
+import type { ExitHandlers, NativeAddon, VcpuEventInfo } from '../../lib/native/types';
+import { ADDON_PATH, runNode, testHooks, type Step } from './helpers/native-hooks';
 
 const addon: NativeAddon = loadNative();
-const hooks = (addon as unknown as { _testing: TestHooks })._testing;
+const hooks = testHooks(addon);
 
 type IoRecord = { kind: ExitKind; vcpu: number; addr: number; size: number; value: number; seq: number };
 
@@ -76,11 +63,6 @@ function until(cond: () => boolean, what: string): Promise<void> {
     };
     tick();
   });
-}
-
-function runNode(script: string): { status: number | null; stdout: string; stderr: string } {
-  const r = spawnSync(process.execPath, ['--expose-gc', '-e', script], { timeout: 20000, encoding: 'utf8' });
-  return { status: r.status, stdout: r.stdout, stderr: r.stderr };
 }
 
 describe('loading', () => {
@@ -223,11 +205,25 @@ describe('guest memory buffers', () => {
     expect(() => vm.allocateMemory(4096)).toThrow(expect.objectContaining({ code: 'EBADF' }));
   });
 
-  it('refuses sizes outside (0, 2^46]', () => {
+  it('refuses sizes outside (0, 4 GiB]', () => {
     const vm = hooks.createVm();
     expect(() => vm.allocateMemory(0)).toThrow(expect.objectContaining({ name: 'RangeError' }));
     expect(() => vm.allocateMemory(-1)).toThrow(expect.objectContaining({ name: 'RangeError' }));
+    expect(() => vm.allocateMemory(MAX_MEMORY_BUFFER + 4096)).toThrow(expect.objectContaining({ name: 'RangeError' }));
     vm.close();
+  });
+
+  it('gives a whole 4 GiB buffer, addressable to its last byte, without touching it', () => {
+    const vm = hooks.createVm();
+    const before = addon.residentPages!();
+    const mem = vm.allocateMemory(MAX_MEMORY_BUFFER);
+    expect(mem.byteLength).toBe(MAX_MEMORY_BUFFER);
+    const bytes = new Uint8Array(mem);
+    bytes[MAX_MEMORY_BUFFER - 1] = 0x5a;
+    expect(new DataView(mem).getUint8(MAX_MEMORY_BUFFER - 1)).toBe(0x5a);
+    expect(addon.residentPages!() - before).toBeLessThan(1024);
+    vm.close();
+    expect(mem.byteLength).toBe(0);
   });
 
   it('a buffer collected before close() does not break close()', () => {
