@@ -188,4 +188,11 @@ export interface DeviceKind<C extends { id: string } = { id: string }, D extends
    * when the device takes no updates.
    */
   update?(device: D, config: C, update: U, host: H): Promise<{ configChanged?: boolean } | void>;
+  /**
+   * Called once the device is attached, before the vCPUs run (also for a device built before
+   * `start()`): starts host-side services such as listening sockets. A rejection ends `start()`.
+   */
+  start?(device: D, host: H): Promise<void>;
+  /** What `vm.<device>Stats()` reports for this kind, when it has something beyond metrics. */
+  stats?(device: D): unknown;
 }
