@@ -38,8 +38,23 @@ void VmCore::PushLocked(ExitRecord&& r) {
   }
 }
 
+bool VmCore::InPioSink(uint64_t port) const {
+  for (const auto& s : pioSinks_) {
+    if (port >= s.first && port < uint64_t(s.first) + s.second) return true;
+  }
+  return false;
+}
+
+void VmCore::DefinePioSink(uint32_t base, uint32_t len) {
+  std::lock_guard<std::mutex> lk(mu_);
+  pioSinks_.emplace_back(base, len);
+}
+
 void VmCore::PostWrite(VcpuCore& v, uint8_t kind, uint64_t addr, uint32_t size, uint32_t value) {
   std::unique_lock<std::mutex> lk(mu_);
+  // A write nothing decodes (the POST/delay port 0x80 that Linux's outb_p and polling loops hit
+  // constantly) is dropped here: it must not cost the JavaScript thread a record each.
+  if (kind == kPioWrite && InPioSink(addr)) return;
   if (queue_.size() >= kMaxQueuedRecords && !stopping.load()) {
     // Backpressure. While it waits the thread is outside KVM_RUN and only JavaScript (draining)
     // or a stop lets it go on, so it counts as quiescent for pauseVcpus.
@@ -94,6 +109,10 @@ bool VmCore::WaitLocked(std::unique_lock<std::mutex>& lk, VcpuCore& v, ExitRecor
 bool VmCore::Read(VcpuCore& v, uint8_t kind, uint64_t addr, uint32_t size, uint32_t* value) {
   const uint32_t mask = SizeMask(size);
   std::unique_lock<std::mutex> lk(mu_);
+  if (kind == kPioRead && InPioSink(addr)) {
+    *value = mask;  // an undriven ISA bus reads all ones
+    return true;
+  }
   if (kind == kPioRead) {
     for (const PioCacheGroup& g : pioGroups_) {
       if (addr < g.base || addr >= uint64_t(g.base) + g.len) continue;

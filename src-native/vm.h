@@ -82,6 +82,7 @@ class Vm : public Napi::ObjectWrap<Vm> {
   Napi::Value SetExitHandlers(const Napi::CallbackInfo& info);
   Napi::Value FlushExits(const Napi::CallbackInfo& info);
   Napi::Value DefinePioReadCache(const Napi::CallbackInfo& info);
+  Napi::Value DefinePioSink(const Napi::CallbackInfo& info);
   Napi::Value SetPioReadCache(const Napi::CallbackInfo& info);
   Napi::Value StopVcpus(const Napi::CallbackInfo& info);
   Napi::Value PauseVcpus(const Napi::CallbackInfo& info);

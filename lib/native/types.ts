@@ -374,6 +374,12 @@ export interface NativeVm {
    */
   definePioReadCache(base: number, len: number, transparentWriteMask: number): void;
   /**
+   * Ports `[base, base+len)` that no device decodes and that guests hit constantly (the POST and
+   * delay port 0x80): the vCPU thread drops writes to them and answers reads with all-ones itself,
+   * so they cost no JavaScript. Call before the vCPUs start.
+   */
+  definePioSink(base: number, len: number): void;
+  /**
    * Caches `value` for reads of `port`, valid only if no invalidating write to its group was
    * queued after record `seq` (the last record the caller has processed). `value < 0` clears it.
    * Returns whether the value was accepted.

@@ -72,6 +72,9 @@ export const I8042_PORT_LEN = 5;
 /** See {@link I8042_PORT_BASE}. */
 export const I8042_IRQ = 1;
 
+/** The POST diagnostic port, used as an I/O delay (nothing decodes it; writes are dropped natively). */
+export const POST_PORT = 0x80;
+
 /** KVM capability numbers we require (linux/kvm.h). */
 const REQUIRED_CAPS: [number, string][] = [
   [0, 'IRQCHIP'],
@@ -465,6 +468,8 @@ class Machine implements MachineHandle {
     this.devices.attachPio(this.i8042, I8042_PORT_BASE, I8042_PORT_LEN);
     // LSR polls of the UART are answered by the vCPU threads from a cache.
     this.vm.definePioReadCache(SERIAL_PORT_BASE, SERIAL_PORT_LEN, SERIAL_CACHE_TRANSPARENT_WRITE_MASK);
+    // The POST/delay port: Linux's outb_p and guests' delay loops write it all the time.
+    this.vm.definePioSink(POST_PORT, 1);
     if (this.bootTimer) this.devices.attachMmio(this.bootTimer, BOOT_TIMER_MMIO_BASE, BOOT_TIMER_WINDOW_LEN);
     const drives: DeviceSpec[] = orderedDrives(this.config.drives).map((d) => ({ kind: blockDeviceKind.kind, id: d.id, config: d }));
     for (const spec of [...drives, ...this.config.devices]) await this.addDevice(spec);

@@ -375,10 +375,12 @@ static void linger(unsigned polls)
 /* Resolves ip's MAC into mac; returns 0 on timeout. */
 static int arp_resolve(uint32_t ip, uint8_t *mac)
 {
-	for (int attempt = 0; attempt < 3; attempt++) {
+	/* A request every MAX_POLLS / 10 polls: a peer that was not up for the first one (a NIC
+	 * drops frames before its driver is ready) answers a later one soon after it comes up. */
+	for (int attempt = 0; attempt < 30; attempt++) {
 		if (!send_arp(1, 0, ip))
 			return 0;
-		for (unsigned i = 0; i < MAX_POLLS; i++) {
+		for (unsigned i = 0; i < MAX_POLLS / 10; i++) {
 			unsigned len;
 			uint16_t id;
 			const uint8_t *f = rx_peek(&len, &id);
