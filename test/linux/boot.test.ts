@@ -93,7 +93,9 @@ describeLinux(`Linux guest, core (${KERNEL})`, () => {
     clearTimeout(timer);
     clearInterval(watch);
     await swapped;
-    console.log(`Linux drive-swap boot ended after ${((Date.now() - t0) / 1000).toFixed(1)} s; transport: ${JSON.stringify(transportSnapshot(vm, 'data'))}`);
+    const statusAtSwap = atSwap?.status === undefined ? '?' : `0x${atSwap.status.toString(16)}`;
+    console.log(`Linux drive-swap boot ended after ${((Date.now() - t0) / 1000).toFixed(1)} s; device status at the swap ${statusAtSwap}, ` +
+      `transport now: ${JSON.stringify(transportSnapshot(vm, 'data'))}`);
     expect(out).toMatch(/\[vda\] 16384 512-byte logical blocks/);
     expect({ newSizeSeen: NEW_SIZE.test(out), diagnosis }).toEqual({ newSizeSeen: true, diagnosis: undefined });
     expect(vm.metrics().drives.data.backendSwaps).toBe(1);
