@@ -15,17 +15,12 @@ import * as os from 'os';
 import * as path from 'path';
 import { MicroVM } from '../../lib/vm/microvm';
 import { VirtualSwitch } from '../../lib/net/switch';
-import { describeKvm } from '../kvm/harness';
 import { NetnsTap } from '../unit/helpers/netns';
-import { CMDLINE, VM_TIMEOUT_MS, emulated } from './common';
+import { CMDLINE, KERNEL, VM_TIMEOUT_MS, describeLinux, emulated } from './common';
 // eslint-disable-next-line @typescript-eslint/no-var-requires
 const { buildInitramfs } = require('../../scripts/initramfs');
 
-const KERNEL = process.env.KINDLING_TEST_KERNEL
-  ?? [path.join(__dirname, '../../kernel/out/vmlinux'), path.join(__dirname, '../../../shared/guest/vmlinux')].find((p) => fs.existsSync(p))
-  ?? path.join(__dirname, '../../../shared/guest/vmlinux');
 const AGENT = path.join(__dirname, '../../guest/agent/out/kindling-agent');
-const describeLinux = fs.existsSync(KERNEL) ? describeKvm : describe.skip;
 const userSpace = emulated ? it.skip : it;
 if (emulated) {
   // eslint-disable-next-line no-console
