@@ -18,6 +18,8 @@
 
 namespace kindling {
 
+Napi::Value LibcStringAddress(const Napi::CallbackInfo& info);  // libc_string.cc
+
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   InstallKickSignalHandler();
   auto* data = new AddonData();
@@ -45,6 +47,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("pageSize", Napi::Function::New<PageSize>(env, "pageSize"));
   exports.Set("setErrorClass", Napi::Function::New<SetErrorClass>(env, "setErrorClass"));
   exports.Set("kickSignal", Napi::Number::New(env, KickSignal()));
+  exports.Set("libcStringAddress", Napi::Function::New<LibcStringAddress>(env, "libcStringAddress"));
 #ifdef KINDLING_TEST_HOOKS
   exports.Set("_testing", CreateTestHooks(env));
 #endif

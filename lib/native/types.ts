@@ -518,6 +518,11 @@ export interface NativeAddon {
   readvSpans(fd: number, buffers: readonly ArrayBuffer[], spans: Float64Array, count: number): number;
   /** One writev(2) from spans laid out as for {@link readvSpans}; bytes written or -1 on EAGAIN. */
   writevSpans(fd: number, buffers: readonly ArrayBuffer[], spans: Float64Array, count: number): number;
+  /**
+   * Where a constant string lives inside libc's read-only segments (it must match up to its NUL),
+   * or undefined: for seccomp rules that recognise one pointer glibc passes (lib/seccomp/vcpu.ts).
+   */
+  libcStringAddress(text: string): bigint | undefined;
   /** Pages of this process currently resident (from /proc/self/statm), for tests and benchmarks. */
   residentPages?(): number;
   /**

@@ -72,6 +72,9 @@ export const I8042_PORT_LEN = 5;
 /** See {@link I8042_PORT_BASE}. */
 export const I8042_IRQ = 1;
 
+/** The file glibc's malloc reads once when a thread arena first shrinks (see lib/seccomp/vcpu.ts). */
+const GLIBC_OVERCOMMIT_PATH = '/proc/sys/vm/overcommit_memory';
+
 /** The POST diagnostic port, used as an I/O delay (nothing decodes it; writes are dropped natively). */
 export const POST_PORT = 0x80;
 
@@ -451,7 +454,8 @@ class Machine implements MachineHandle {
       this.publishLsr();
       this.runningVcpus = this.vcpus.length;
       // Each vCPU thread filters its own system calls from its first KVM_RUN on (lib/seccomp).
-      for (const v of this.vcpus) v.start(config.seccomp === false ? undefined : vcpuSeccompFilter({ vcpuFd: v.fd }));
+      const overcommitPathAddress = this.opts.addon.libcStringAddress(GLIBC_OVERCOMMIT_PATH);
+      for (const v of this.vcpus) v.start(config.seccomp === false ? undefined : vcpuSeccompFilter({ vcpuFd: v.fd, overcommitPathAddress }));
     } catch (e) {
       this.ended = true;
       await this.release();
