@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cstddef>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 
 #include "vm_core.h"
@@ -222,6 +223,10 @@ void ThreadMain(VcpuCore* vp, std::function<void()> body, std::shared_ptr<Thread
   char name[16];
   snprintf(name, sizeof name, "kindling-cpu%u", v.id % 1000);
   pthread_setname_np(pthread_self(), name);
+
+  // The thread's first allocation picks (or creates) its malloc arena; creating one can make
+  // glibc read /sys/devices/system/cpu/online (arena_get2). Do it while that is still allowed.
+  free(malloc(64));
 
   // Before the first KVM_RUN: from here on the guest controls what this thread computes.
   FilterFailure failure;
