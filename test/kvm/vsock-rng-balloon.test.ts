@@ -8,6 +8,7 @@ import * as os from 'os';
 import * as path from 'path';
 import { MicroVM, InvokeError } from 'kindling';
 import { describeKvm, guest, parseKt } from './harness';
+import { removeSocketDirs, socketDir } from '../unit/helpers/socket-dir';
 
 function collect(vm: MicroVM): { text: () => string; waitFor: (s: string, ms?: number) => Promise<void> } {
   let out = '';
@@ -38,7 +39,10 @@ async function end(vm: MicroVM): Promise<string> {
 
 describeKvm('vsock, entropy and balloon on KVM', () => {
   const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'kindling-vrb-'));
-  afterAll(() => fs.rmSync(tmp, { recursive: true, force: true }));
+  afterAll(() => {
+    fs.rmSync(tmp, { recursive: true, force: true });
+    removeSocketDirs();
+  });
 
   it('vsock: a guest connection half-closed both ways, then invoke() against the guest agent', async () => {
     const vm = new MicroVM().memory(32).kernel(guest('vsock')).vsock({ guestCid: 3 });
@@ -69,7 +73,7 @@ describeKvm('vsock, entropy and balloon on KVM', () => {
   });
 
   it('vsock: a program written for Firecracker reaches the guest through the Unix socket (CONNECT <port>)', async () => {
-    const uds = path.join(tmp, 'v.sock');
+    const uds = path.join(socketDir(tmp), 'v.sock');
     const vm = new MicroVM().memory(32).kernel(guest('vsock'), { cmdline: 'console=ttyS0 vsock.host_port=0' }).vsock({ guestCid: 3, udsPath: uds });
     const out = collect(vm);
     await vm.start();
