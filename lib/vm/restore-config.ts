@@ -11,6 +11,11 @@ import type { Duplex } from 'stream';
 import { checkNicOptions, type FrameSwitch } from '../devices/net/config';
 import { netDeviceKind, nicSpecOf, type NicSpec } from '../devices/net/kind';
 import { vsockDeviceKind } from '../devices/vsock/kind';
+import { checkVsockOptions } from '../devices/vsock/config';
+import { entropyDeviceKind } from '../devices/rng/kind';
+import { checkEntropyOptions } from '../devices/rng/config';
+import { balloonDeviceKind } from '../devices/balloon/kind';
+import { checkBalloonOptions } from '../devices/balloon/config';
 
 /**
  * Builds the restored VM's configuration from the snapshot's `saved` one: a new `id`, drive files
@@ -63,10 +68,22 @@ export function restoredConfig(
       if (checked.backend.kind === 'duplex') links.set(d.id, checked.backend.stream);
       return { kind: d.kind, id: d.id, config: nicSpecOf(checked) };
     }
-    if (d.kind === vsockDeviceKind.kind && vsockOverride.udsPath !== undefined) {
-      return { kind: d.kind, id: d.id, config: { ...d.config, udsPath: vsockOverride.udsPath } as typeof d.config };
+    // Every other kind's saved configuration goes through its builder's validator again.
+    const { id: _id, ...options } = (d.config ?? {}) as { id?: unknown } & Record<string, unknown>;
+    switch (d.kind) {
+      case vsockDeviceKind.kind: {
+        const checked = checkVsockOptions({ ...options, ...(vsockOverride.udsPath !== undefined ? { udsPath: vsockOverride.udsPath } : {}) });
+        return { kind: d.kind, id: d.id, config: { ...checked, id: d.id } };
+      }
+      case entropyDeviceKind.kind:
+        return { kind: d.kind, id: d.id, config: { ...checkEntropyOptions(options), id: d.id } };
+      case balloonDeviceKind.kind:
+        return { kind: d.kind, id: d.id, config: { ...checkBalloonOptions(options), id: d.id } };
+      case 'custom':
+        return { kind: d.kind, id: d.id, config: { id: d.id } };
+      default:
+        throw new ConfigError('INVALID_DEVICE', `the snapshot has a device of kind ${describe(d.kind)}, which this Kindling does not know`);
     }
-    return { kind: String(d.kind), id: String(d.id), config: d.config };
   });
   return {
     id,
