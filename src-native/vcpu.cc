@@ -74,7 +74,8 @@ Vcpu::Vcpu(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Vcpu>(info) {
 }
 
 int Vcpu::Fd(Napi::Env env, const char* op) {
-  if (core_->fd < 0) ThrowErrno(env, op, EBADF, "the VM is closed");
+  // Closed: closeAsync() may be closing the fd on a worker thread right now.
+  if (vm_->Closed() || core_->fd < 0) ThrowErrno(env, op, EBADF, "the VM is closed");
   if (!vmCore_->IsQuiescent(*core_)) {
     ThrowErrno(env, op, EBUSY, "vCPU " + std::to_string(core_->id) + " is running (pause it or call from its event handler)");
   }
@@ -279,7 +280,11 @@ Napi::Value Vcpu::Start(const Napi::CallbackInfo& info) {
   }
   core_->seccomp = std::move(filter);
   try {
-    vmCore_->StartThread(*core_);
+    if (core_->prestarted) {
+      vmCore_->ReleaseThread(*core_);  // made with the VM (NativeKvm.createVmAsync)
+    } else {
+      vmCore_->StartThread(*core_);
+    }
   } catch (const ThreadStartFailure& f) {
     ThrowErrno(env, f.op, f.err);
   }

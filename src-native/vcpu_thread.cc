@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cstddef>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 
 #include "vm_core.h"
@@ -222,6 +223,15 @@ void ThreadMain(VcpuCore* vp, std::function<void()> body, std::shared_ptr<Thread
   char name[16];
   snprintf(name, sizeof name, "kindling-cpu%u", v.id % 1000);
   pthread_setname_np(pthread_self(), name);
+
+  // The thread's first allocation attaches it to a malloc arena; made here, while every call is
+  // still allowed. glibc chooses the arena then, and the first thread of the process to do so
+  // once it has more than 8 arenas sizes the arena limit by reading
+  // /sys/devices/system/cpu/online (glibc 2.36 as Debian 12 ships it: openat), which the filter
+  // refuses: a vCPU thread whose first allocation came later (an exit record) killed the process
+  // whenever it happened to be that thread.
+  void* volatile arenaProbe = std::malloc(1);
+  std::free(arenaProbe);
 
   // Before the first KVM_RUN: from here on the guest controls what this thread computes.
   FilterFailure failure;

@@ -43,6 +43,11 @@ export interface BootMemoryOptions {
   cmdline?: Cmdline | string;
   /** Initial ramdisk. */
   initrd?: Uint8Array;
+  /**
+   * An initrd already in guest memory (copied there by other means, e.g. read straight from its
+   * file); used when `initrd` is not given. Place it with {@link placeInitrd}.
+   */
+  initrdPlacement?: InitrdPlacement;
   /** Number of vCPUs described in the MP table (1..32). */
   vcpuCount: number;
   /** Guest RAM size; defaults to the memory's total size. Must match the memory's regions. */
@@ -75,7 +80,7 @@ export function setupBootMemory(mem: GuestMemory, opts: BootMemoryOptions): Boot
   const given = opts.cmdline ?? '';
   const cmdline = (typeof given === 'string' ? new Cmdline(undefined, given) : given).withMaxSize(kernel.cmdlineMaxSize);
   writeCmdline(mem, CMDLINE_START, cmdline);
-  const initrd = opts.initrd ? loadInitrd(mem, kernel, opts.initrd) : undefined;
+  const initrd = opts.initrd ? loadInitrd(mem, kernel, opts.initrd) : opts.initrdPlacement;
   const e820 = buildE820(memSize);
   writeBootParams(mem, {
     setupHeader: kernel.setupHeader,

@@ -1,22 +1,23 @@
 /**
  * A running machine: the KVM VM, its memory, devices and vCPU threads, wired together.
  *
- * {@link startMachine} reads as the order things are built in: files, VM, memory, devices, boot
- * memory, vCPUs, exit dispatch, run. {@link restoreMachine} builds the same machine from a
- * snapshot: VM, memory from the memory file, the same devices in the same order with their saved
- * state, vCPUs and VM state from the state file, run. Teardown releases everything in reverse,
- * exactly once, whatever failed. The `MicroVM` façade only sees the {@link MachineHandle} these
+ * {@link startMachine} reads as the order things are built in: the image plan (kernel headers,
+ * initrd size), then the VM with its memory, kernel, initrd and set-up vCPUs in one call the addon
+ * performs on the thread pool (native-setup.ts), devices, boot memory, exit dispatch, run.
+ * {@link restoreMachine} builds the same machine from a snapshot: VM and bare vCPUs (thread pool),
+ * memory from the memory file, the same devices in the same order with their saved state, vCPU
+ * and VM state from the state file, run. Teardown releases everything in reverse, exactly once,
+ * whatever failed; waiting for the vCPU threads, unmapping guest memory and closing the VM happen
+ * on the thread pool. The `MicroVM` façade only sees the {@link MachineHandle} these
  * return: every call on it is asynchronous, so that the same façade can later drive a machine in
  * another process.
  *
  * This is the only module outside `lib/native` that holds native handles.
  * @module
  */
-import { promises as fsp } from 'fs';
-import { GuestMemory, splitRegions, type RegionSpec } from '../memory/guest-memory';
+import { GuestMemory, type RegionSpec } from '../memory/guest-memory';
 import { IoBus, type IrqLine } from '../bus';
-import type { NativeAddon, NativeKvm, NativeVm, NativeVcpu } from '../native/types';
-import { MAX_MEMORY_BUFFER } from '../native/types';
+import type { NativeAddon, NativeKvm, NativeVm, NativeVcpu, VmSetup, VmSetupResult } from '../native/types';
 import { vcpuSeccompFilter } from '../seccomp';
 import * as boot from '../boot';
 import * as cpu from '../cpu';
@@ -33,7 +34,9 @@ import {
 import { composeCmdline, orderedDrives, type VmConfig, type DeviceSpec } from './config';
 import { VmError } from './errors';
 import { DeviceManager } from './device-manager';
-import { createVcpus } from './vcpu-setup';
+import { bootVcpuSetups, supportedCpuid } from './vcpu-setup';
+import { bootVmSetup, planImages, ramLayout, restoreVmSetup } from './native-setup';
+import { startTurn } from './start-turns';
 import { ExitDispatcher, type ExitInfo } from './exit-dispatch';
 import type { VmMetrics } from './metrics';
 import { blockDeviceKind } from '../devices/block/config';
@@ -67,11 +70,17 @@ const REQUIRED_CAPS: [number, string][] = [
 ];
 /** KVM_GET_API_VERSION has answered 12 since Linux 2.6.22. */
 const KVM_API_VERSION = 12;
-/** KVM_PIT_SPEAKER_DUMMY: the PIT's speaker port is handled in the kernel and makes no exits. */
-const KVM_PIT_SPEAKER_DUMMY = 1;
-/** Where KVM puts the 3-page TSS and the identity-map page that VMX real mode needs (Firecracker's choice). */
-const KVM_TSS_ADDRESS = 0xfffbd000;
-const KVM_IDENTITY_MAP_ADDRESS = 0xfffbc000;
+/** COM1's transmit holding register (THR, offset 0): its byte writes are batched natively. */
+const SERIAL_THR_PORT = SERIAL_PORT_BASE;
+/** Bytes per transmit batch record. */
+const SERIAL_TX_BATCH_BYTES = 4096;
+/**
+ * How long guest output alone may wait before JavaScript takes it: one handler call per this
+ * many milliseconds of steady output instead of one per byte. Any other exit (a read, a reset,
+ * a register write) hands it over at once, in order; and while the guest has the THRE interrupt
+ * enabled (interrupt-driven transmit) nothing waits (see Serial's onTransmitInterruptChange).
+ */
+const SERIAL_TX_MAX_DELAY_MS = 2;
 /** Version of the `machine` record a snapshot keeps (the configuration the machine is rebuilt from). */
 const MACHINE_RECORD_VERSION = 1;
 
@@ -168,13 +177,23 @@ interface MachineRecord {
  */
 export async function startMachine(config: VmConfig, opts: StartOptions): Promise<MachineHandle> {
   if (!config.kernel) throw new ConfigError('NO_KERNEL', 'call kernel() before start()');
-  // Read files before creating anything, so a vanished file costs no KVM set-up.
-  const kernelImage = await readInput(config.kernel.path, 'kernel');
-  const initrd = config.kernel.initrd ? await readInput(config.kernel.initrd, 'initrd') : undefined;
-  return withVm(config, opts.addon, async (kvm, vm) => {
-    const memory = allocateMemory(vm, config.memoryMib * 1024 * 1024);
-    const machine = new Machine(config, opts, kvm, vm, memory);
-    await machine.build({ kernelImage, initrd });
+  // Many starts at once take one loop iteration each for their JavaScript part (start-turns.ts).
+  await startTurn();
+  const memSize = config.memoryMib * 1024 * 1024;
+  // Plan the image loads before creating anything, so a vanished file or a bad image costs no KVM
+  // set-up. Only the kernel's headers are read here; the addon reads the images into guest memory.
+  const images = planImages(config.kernel.path, config.kernel.initrd, memSize);
+  const ram = ramLayout(memSize);
+  const vcpus = (kvm: NativeKvm) => bootVcpuSetups({
+    count: config.vcpus,
+    entry: images.kernel.plan.kernel.entry,
+    supportedCpuid: supportedCpuid(kvm, config.kvmPath),
+    quirks: hostQuirksOf(config),
+  });
+  return withVm(config, opts.addon, (kvm) => bootVmSetup(ram, images, vcpus(kvm)), async (kvm, made) => {
+    const memory = ram.regions.map((r) => ({ guestAddr: r.guestAddr, size: r.size, slot: r.slot, fileOffset: r.fileOffset, buffer: made.memory[r.buffer], byteOffset: r.byteOffset }));
+    const machine = new Machine(config, opts, kvm, made.vm, memory, { slotsRegistered: true, vcpus: made.vcpus });
+    await machine.build({ kernel: images.kernel.plan.kernel, initrd: images.initrd?.placement });
     return machine;
   });
 }
@@ -188,11 +207,11 @@ export async function startMachine(config: VmConfig, opts: StartOptions): Promis
 export async function restoreMachine(
   snap: LoadedSnapshot, config: VmConfig, opts: StartOptions & { memory: 'map' | 'copy'; paused: boolean },
 ): Promise<MachineHandle> {
-  return withVm(config, opts.addon, async (kvm, vm) => {
+  return withVm(config, opts.addon, () => restoreVmSetup(snap.state.vcpuCount), async (kvm, made) => {
     // restoreMemory has registered the slots already.
-    const buffer = await restoreMemory(vm, snap, opts.memory);
+    const buffer = await restoreMemory(made.vm, snap, opts.memory);
     const memory = snap.state.memory.regions.map((r) => ({ ...r, buffer, byteOffset: r.fileOffset }));
-    const machine = new Machine(config, opts, kvm, vm, memory, { slotsRegistered: true });
+    const machine = new Machine(config, opts, kvm, made.vm, memory, { slotsRegistered: true, vcpus: made.vcpus });
     await machine.build({ snapshot: snap, paused: opts.paused });
     return machine;
   });
@@ -209,8 +228,16 @@ export function machineConfigOf(snap: LoadedSnapshot): { config: VmConfig; cmdli
   return { config: m.config, cmdline: typeof m.cmdline === 'string' ? m.cmdline : '' };
 }
 
-/** Opens KVM, checks it, creates the VM and runs `build`; releases everything if it fails. */
-async function withVm(config: VmConfig, addon: NativeAddon, build: (kvm: NativeKvm, vm: NativeVm) => Promise<MachineHandle>): Promise<MachineHandle> {
+/**
+ * Opens KVM, checks it, has the addon create and set up the VM as `setup` describes (on the
+ * thread pool) and runs `build`; releases everything if it fails.
+ */
+async function withVm(
+  config: VmConfig,
+  addon: NativeAddon,
+  setup: (kvm: NativeKvm) => VmSetup,
+  build: (kvm: NativeKvm, made: VmSetupResult) => Promise<MachineHandle>,
+): Promise<MachineHandle> {
   let kvm: NativeKvm;
   try {
     kvm = addon.openKvm(config.kvmPath);
@@ -220,11 +247,12 @@ async function withVm(config: VmConfig, addon: NativeAddon, build: (kvm: NativeK
   let vm: NativeVm | undefined;
   try {
     checkKvm(kvm);
-    vm = createVm(kvm);
-    return await build(kvm, vm);
+    const made = await kvm.createVmAsync(setup(kvm));
+    vm = made.vm;
+    return await build(kvm, made);
   } catch (e) {
     // A machine that got far enough has released everything itself (Machine.build); these are idempotent.
-    try { vm?.close(); } catch { /* already failing */ }
+    try { await vm?.closeAsync(); } catch { /* already failing */ }
     try { kvm.close(); } catch { /* already failing */ }
     // Typed errors of our own modules say what was wrong; a failed ioctl or anything unexpected
     // becomes START_FAILED with the original as its cause.
@@ -233,12 +261,9 @@ async function withVm(config: VmConfig, addon: NativeAddon, build: (kvm: NativeK
   }
 }
 
-async function readInput(path: string, what: string): Promise<Buffer> {
-  try {
-    return await fsp.readFile(path);
-  } catch (e) {
-    throw new ConfigError(what === 'kernel' ? 'KERNEL_NOT_FOUND' : 'INITRD_NOT_FOUND', `cannot read the ${what} ${path}: ${(e as Error).message}`);
-  }
+/** The host workarounds in force for `config`. */
+function hostQuirksOf(config: VmConfig): cpu.HostQuirks {
+  return config.hostQuirks === 'auto' ? cpu.detectHostQuirks() : { emulatedKvm: config.hostQuirks === 'emulated-kvm' };
 }
 
 function checkKvm(kvm: NativeKvm): void {
@@ -247,15 +272,6 @@ function checkKvm(kvm: NativeKvm): void {
   for (const [cap, name] of REQUIRED_CAPS) {
     if (kvm.checkExtension(cap) <= 0) throw new VmError('KVM_UNSUPPORTED', `KVM lacks the required capability KVM_CAP_${name}`);
   }
-}
-
-function createVm(kvm: NativeKvm): NativeVm {
-  const vm = kvm.createVm();
-  vm.setTssAddr(KVM_TSS_ADDRESS);
-  vm.setIdentityMapAddr(KVM_IDENTITY_MAP_ADDRESS);
-  vm.createIrqchip();
-  vm.createPit2(KVM_PIT_SPEAKER_DUMMY);
-  return vm;
 }
 
 /**
@@ -269,33 +285,9 @@ interface RamRegion extends MemoryRegionRecord {
   byteOffset: number;
 }
 
-/**
- * Guest RAM for a fresh machine: one anonymous mapping (and buffer) for all of it when it fits
- * the addon's 4 GiB buffer limit, else one per piece of at most 4 GiB (`splitRegions`). The
- * memory file of a snapshot lays the regions out one after the other (`fileOffset`).
- */
-function allocateMemory(vm: NativeVm, memSize: number): RamRegion[] {
-  const layout = boot.memoryRegions(memSize);
-  if (memSize <= MAX_MEMORY_BUFFER) {
-    const buffer = vm.allocateMemory(memSize);
-    let offset = 0;
-    return layout.map((r, slot) => {
-      const region = { guestAddr: r.guestAddr, size: r.size, slot, buffer, byteOffset: offset, fileOffset: offset };
-      offset += r.size;
-      return region;
-    });
-  }
-  let fileOffset = 0;
-  return splitRegions(layout, MAX_MEMORY_BUFFER).map((r, slot) => {
-    const region = { guestAddr: r.guestAddr, size: r.size, slot, buffer: vm.allocateMemory(r.size), byteOffset: 0, fileOffset };
-    fileOffset += r.size;
-    return region;
-  });
-}
-
 /** How {@link Machine.build} fills the machine: from a kernel, or from a snapshot. */
 type BuildSource =
-  | { kernelImage: Buffer; initrd: Buffer | undefined }
+  | { kernel: boot.LoadedKernel; initrd: boot.InitrdPlacement | undefined }
   | { snapshot: LoadedSnapshot; paused: boolean };
 
 /** See the module comment. Create with {@link startMachine} or {@link restoreMachine}. */
@@ -328,12 +320,13 @@ class Machine implements MachineHandle {
     private readonly kvm: NativeKvm,
     private readonly vm: NativeVm,
     private readonly regions: readonly RamRegion[],
-    placed: { slotsRegistered?: boolean } = {},
+    placed: { slotsRegistered?: boolean; vcpus?: readonly NativeVcpu[] } = {},
   ) {
     const { addon, events } = opts;
     this.events = events;
     this.kinds = opts.kinds ?? BUILTIN_DEVICE_KINDS;
-    this.quirks = config.hostQuirks === 'auto' ? cpu.detectHostQuirks() : { emulatedKvm: config.hostQuirks === 'emulated-kvm' };
+    this.quirks = hostQuirksOf(config);
+    if (placed.vcpus) this.vcpus.push(...placed.vcpus);
     if (!placed.slotsRegistered) for (const r of regions) vm.setUserMemoryRegion(r.slot, r.guestAddr, r.buffer, r.byteOffset, r.size);
     const specs: RegionSpec[] = regions.map((r) => ({ guestAddr: r.guestAddr, buffer: r.buffer, byteOffset: r.byteOffset, size: r.size }));
     // Diff snapshots need the pages the host writes too (KVM's dirty log sees only the guest's).
@@ -348,6 +341,10 @@ class Machine implements MachineHandle {
       onInputSpace: () => events.serialInputSpace(),
       // The UART keeps the native LSR read cache right: it says when its LSR may have changed.
       onLsrChange: () => this.publishLsr(),
+      // A driver waiting for the THRE interrupt must get its THR writes handled at once.
+      onTransmitInterruptChange: (enabled) => {
+        if (!this.ended) vm.setTransmitDeferral(!enabled);
+      },
     });
     this.i8042 = new I8042({
       irq: new KvmIrqLine(vm, I8042_IRQ),
@@ -378,23 +375,24 @@ class Machine implements MachineHandle {
           vm.pauseVcpus();
         }
       } else {
-        const kernel = boot.loadKernel(this.memory, src.kernelImage);
+        // The kernel and initrd are in guest memory and the vCPUs are set up: the addon did both
+        // with the VM (startMachine). The boot structures follow the devices' announcements.
         this.cmdline = composeCmdline(config.kernel!.cmdline, {
           root: config.drives.find((d) => d.root),
           announcements: this.devices.announcements(),
           extra: this.quirks.emulatedKvm ? cpu.quirkCmdlineArgs() : [],
         });
         boot.setupBootMemory(this.memory, {
-          kernel,
+          kernel: src.kernel,
           cmdline: this.cmdline,
-          initrd: src.initrd,
+          initrdPlacement: src.initrd,
           vcpuCount: config.vcpus,
           memSize: config.memoryMib * 1024 * 1024,
         });
-        this.vcpus.push(...createVcpus(this.kvm, vm, { count: config.vcpus, entry: kernel.entry, quirks: this.quirks }));
       }
       vm.setExitHandlers({
         io: (kind, _vcpu, addr, size, value, seq) => this.dispatch.io(kind, addr, size, value, seq),
+        pioWriteBatch: (_vcpu, port, bytes, firstSeq) => this.dispatch.pioWriteBatch(port, bytes, firstSeq),
         event: (vcpu, info) => this.dispatch.event(vcpu, info),
         vcpuStopped: () => this.onVcpuStopped(),
       });
@@ -416,8 +414,10 @@ class Machine implements MachineHandle {
   private async attachDevices(): Promise<void> {
     this.devices.attachPio(this.serial, SERIAL_PORT_BASE, SERIAL_PORT_LEN);
     this.devices.attachPio(this.i8042, I8042_PORT_BASE, I8042_PORT_LEN);
-    // LSR polls of the UART are answered by the vCPU threads from a cache.
+    // LSR polls of the UART are answered by the vCPU threads from a cache, and its output is
+    // collected natively into batches.
     this.vm.definePioReadCache(SERIAL_PORT_BASE, SERIAL_PORT_LEN, SERIAL_CACHE_TRANSPARENT_WRITE_MASK);
+    this.vm.defineTransmitBuffer(SERIAL_THR_PORT, SERIAL_TX_BATCH_BYTES, SERIAL_TX_MAX_DELAY_MS);
     if (this.bootTimer) this.devices.attachMmio(this.bootTimer, BOOT_TIMER_MMIO_BASE, BOOT_TIMER_WINDOW_LEN);
     const drives: DeviceSpec[] = orderedDrives(this.config.drives).map((d) => ({ kind: blockDeviceKind.kind, id: d.id, config: d }));
     for (const spec of [...drives, ...this.config.devices]) await this.addDevice(spec);
@@ -445,7 +445,7 @@ class Machine implements MachineHandle {
   /** Restores vCPUs, VM and device state from a snapshot into this freshly built machine. */
   private restoreState(snap: LoadedSnapshot): void {
     const { state } = snap;
-    for (let id = 0; id < state.vcpuCount; id++) this.vcpus.push(this.vm.createVcpu(id));
+    // The vCPUs were created with the VM (restoreVmSetup: one per saved vCPU).
     const host = hostProfile(this.kvm, this.vm, this.vcpus[0]);
     checkHostCompatibility(state, host);
     restoreVcpus(this.vcpus, state, host);
@@ -500,7 +500,8 @@ class Machine implements MachineHandle {
   private async teardown(): Promise<ExitInfo> {
     this.ended = true;
     try {
-      this.vm.stopVcpus();
+      // The threads are told to stop at once and waited for off the JavaScript thread.
+      await this.vm.stopVcpusAsync();
       // Handle what the vCPUs posted before they stopped (the last serial bytes among them).
       this.vm.flushExits();
     } catch { /* the VM is going away either way */ }
@@ -521,7 +522,8 @@ class Machine implements MachineHandle {
       this.closeErrors = failed.length;
       return failed;
     } finally {
-      try { this.vm.close(); } catch { /* nothing left to do */ }
+      // Unmapping guest memory and closing the VM fd (KVM destroys the VM then) happen off-thread.
+      try { await this.vm.closeAsync(); } catch { /* nothing left to do */ }
       try { this.kvm.close(); } catch { /* nothing left to do */ }
     }
   }
@@ -545,6 +547,9 @@ class Machine implements MachineHandle {
       if (this.ended) return;
       this.vm.pauseVcpus();
     }
+    // What the guest did before it parked is handled now, not when the loop gets to it: the UART
+    // output it wrote among it (a transmit batch may wait for its delay otherwise).
+    this.flushExits();
   }
 
   async resume(): Promise<void> {
