@@ -314,16 +314,11 @@ ExitCounters VmCore::Counters() {
   return c;
 }
 
-namespace {
-
-// Waits for a new thread's prologue (ThreadMain) and returns how it went.
 ThreadStartFailure AwaitThreadStart(ThreadStart& start) {
   std::unique_lock<std::mutex> lk(start.mu);
   start.cv.wait(lk, [&] { return start.done; });
   return start.failure;
 }
-
-}  // namespace
 
 void VmCore::StartThread(VcpuCore& v, std::function<void()> body) {
   if (!v.seccomp.empty()) {
@@ -337,7 +332,7 @@ void VmCore::StartThread(VcpuCore& v, std::function<void()> body) {
   auto start = std::make_shared<ThreadStart>();
   try {
     std::lock_guard<std::mutex> jl(joinMu_);
-    v.thread = std::thread(ThreadMain, &v, std::move(body), start);
+    v.thread = std::thread(ThreadMain, &v, std::move(body), start, false);
   } catch (const std::system_error& e) {
     std::lock_guard<std::mutex> lk(mu_);
     v.state = VcpuState::kIdle;
@@ -387,6 +382,39 @@ void VmCore::ReleaseThread(VcpuCore& v) {
   v.started = true;
 }
 
+std::shared_ptr<ThreadStart> VmCore::PrepareThread(VcpuCore& v) {
+  if (!v.seccomp.empty()) {
+    const int err = InstallSigsysReporter();
+    if (err != 0) throw ThreadStartFailure{"sigaction(SIGSYS)", err};
+  }
+  auto start = std::make_shared<ThreadStart>();
+  {
+    std::lock_guard<std::mutex> g(v.gateMu);
+    v.gateStart = start;
+    v.gate = VcpuCore::kGatePrologue;
+  }
+  v.gateCv.notify_one();
+  return start;
+}
+
+void VmCore::JoinEnded(VcpuCore& v) {
+  std::lock_guard<std::mutex> jl(joinMu_);
+  if (v.thread.joinable()) v.thread.join();
+}
+
+void VmCore::GoThread(VcpuCore& v) {
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    v.state = VcpuState::kRunning;
+  }
+  {
+    std::lock_guard<std::mutex> g(v.gateMu);
+    v.gate = VcpuCore::kGateGo;
+  }
+  v.gateCv.notify_one();
+  v.started = true;
+}
+
 void PrestartVcpuThread(VcpuCore& v) {
   v.prestarted = true;
   VcpuCore* p = &v;
@@ -396,20 +424,22 @@ void PrestartVcpuThread(VcpuCore& v) {
     sigfillset(&all);
     pthread_sigmask(SIG_SETMASK, &all, nullptr);
     std::shared_ptr<ThreadStart> start;
+    bool hold = false;
     {
       std::unique_lock<std::mutex> g(p->gateMu);
       p->gateCv.wait(g, [p] { return p->gate != VcpuCore::kGateClosed; });
       if (p->gate == VcpuCore::kGateCancelled) return;  // never started: nothing to report
       start = std::move(p->gateStart);
+      hold = p->gate == VcpuCore::kGatePrologue;
     }
-    ThreadMain(p, nullptr, std::move(start));
+    ThreadMain(p, nullptr, std::move(start), hold);
   });
 }
 
 void CancelVcpuGate(VcpuCore& v) {
   {
     std::lock_guard<std::mutex> g(v.gateMu);
-    if (v.gate == VcpuCore::kGateClosed) v.gate = VcpuCore::kGateCancelled;
+    if (v.gate == VcpuCore::kGateClosed || v.gate == VcpuCore::kGatePrologue) v.gate = VcpuCore::kGateCancelled;
   }
   v.gateCv.notify_all();
 }

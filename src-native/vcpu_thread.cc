@@ -209,7 +209,7 @@ void RunLoop(VcpuCore& v) {
 
 }  // namespace
 
-void ThreadMain(VcpuCore* vp, std::function<void()> body, std::shared_ptr<ThreadStart> start) {
+void ThreadMain(VcpuCore* vp, std::function<void()> body, std::shared_ptr<ThreadStart> start, bool holdAfterPrologue) {
   VcpuCore& v = *vp;
 
   // Process signals (SIGINT, SIGTERM, SIGCHLD...) belong to the Node thread; the vCPU thread only
@@ -245,6 +245,17 @@ void ThreadMain(VcpuCore* vp, std::function<void()> body, std::shared_ptr<Thread
   }
   start.reset();
   if (!ok) return;  // StartThread joins and reports; the vCPU never ran
+
+  if (holdAfterPrologue) {
+    // Prepared (prepareStart): filtered from here on, waiting for start() or a stop.
+    std::unique_lock<std::mutex> g(v.gateMu);
+    v.gateCv.wait(g, [&] { return v.gate == VcpuCore::kGateGo || v.gate == VcpuCore::kGateCancelled; });
+    if (v.gate == VcpuCore::kGateCancelled) {
+      g.unlock();
+      if (filtered) ForgetFilteredThread();
+      return;  // never started: nothing to report
+    }
+  }
 
 #ifdef KINDLING_TEST_HOOKS
   if (v.testAttempt != 0) AttemptRefusedCall(v, v.testAttempt);

@@ -114,12 +114,17 @@ struct VcpuCore {
 
   /**
    * A thread created ahead of start() (PrestartVcpuThread, on the set-up worker) waits at this
-   * gate: kGateClosed until start() opens it (handing over `gateStart`, through which the thread
-   * reports its seccomp installation) or a stop cancels it. `prestarted` is written before the VM
-   * is handed to JavaScript and only read on the JavaScript thread afterwards.
+   * gate: kGateClosed until start() opens it (kGateOpen: prologue, then the run loop) or
+   * prepareStart() does (kGatePrologue: prologue, then it waits again until start() sets kGateGo),
+   * or a stop cancels it (kGateCancelled). With the gate opened the thread gets `gateStart`,
+   * through which it reports its prologue (the seccomp filter installed or refused).
+   * `prestarted` is written before the VM is handed to JavaScript and afterwards only on the
+   * JavaScript thread, as are `preparing` and `prepared`.
    */
-  enum Gate : int { kGateClosed = 0, kGateOpen = 1, kGateCancelled = 2 };
+  enum Gate : int { kGateClosed = 0, kGateOpen = 1, kGatePrologue = 2, kGateGo = 3, kGateCancelled = 4 };
   bool prestarted = false;
+  bool preparing = false;
+  bool prepared = false;
   std::mutex gateMu;
   std::condition_variable gateCv;
   int gate = kGateClosed;
@@ -267,6 +272,16 @@ class VmCore {
    * JS thread.
    */
   void ReleaseThread(VcpuCore& v);
+  /**
+   * prepareStart(), JS-thread half: has the gated thread of `v` run its prologue (installing
+   * `v.seccomp`) and wait again; returns what the thread reports through (AwaitThreadStart). Throws
+   * ThreadStartFailure if the SIGSYS reporter cannot be installed.
+   */
+  std::shared_ptr<ThreadStart> PrepareThread(VcpuCore& v);
+  /** Joins `v`'s thread if it has ended (a refused prologue); any thread, serialized with StopAll. */
+  void JoinEnded(VcpuCore& v);
+  /** start() after prepareStart(): lets the prepared thread enter its run loop. JS thread. */
+  void GoThread(VcpuCore& v);
   /** Kicks every running vCPU out of KVM_RUN and waits until each is quiescent. */
   void PauseAll();
   void ResumeAll();
@@ -357,9 +372,13 @@ struct ThreadStart {
 
 /**
  * Every vCPU thread: signal mask, name, seccomp program (reported through `start`), then `body`
- * (test hooks) or the KVM_RUN loop.
+ * (test hooks) or the KVM_RUN loop; with `holdAfterPrologue` it waits at its gate for kGateGo
+ * (or a cancel) in between.
  */
-void ThreadMain(VcpuCore* v, std::function<void()> body, std::shared_ptr<ThreadStart> start);
+void ThreadMain(VcpuCore* v, std::function<void()> body, std::shared_ptr<ThreadStart> start, bool holdAfterPrologue);
+
+/** Waits for a new thread's prologue (ThreadMain) and returns how it went. */
+ThreadStartFailure AwaitThreadStart(ThreadStart& start);
 
 /**
  * Creates `v`'s thread now, held at its gate until VmCore::ReleaseThread (then it runs

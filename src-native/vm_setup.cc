@@ -5,7 +5,8 @@
 //   KVM_GET_VCPU_MMAP_SIZE, KVM_CREATE_VM, KVM_SET_TSS_ADDR, KVM_SET_IDENTITY_MAP_ADDR,
 //   KVM_CREATE_IRQCHIP, KVM_CREATE_PIT2, mmap (guest RAM: one anonymous mapping per buffer of at
 //   most 4 GiB, between guard pages), KVM_SET_USER_MEMORY_REGION per slot, file ranges read into
-//   guest RAM (pread: the kernel and initrd), then per vCPU: KVM_CREATE_VCPU, mmap (kvm_run), KVM_SET_CPUID2, KVM_SET_MSRS,
+//   guest RAM (pread: the kernel and initrd), byte ranges copied into guest RAM (the boot
+//   structures: so that their first-touch page faults, too, happen here), then per vCPU: KVM_CREATE_VCPU, mmap (kvm_run), KVM_SET_CPUID2, KVM_SET_MSRS,
 //   KVM_GET_LAPIC + edits + KVM_SET_LAPIC, KVM_SET_REGS, KVM_GET_SREGS + overrides +
 //   KVM_SET_SREGS, KVM_GET_FPU + fcw/mxcsr + KVM_SET_FPU, and the vCPU's thread, created here and
 //   held at a gate until NativeVcpu.start() (creating a thread maps its stack: that waits for the
@@ -63,6 +64,12 @@ struct LoadSpec {
   uint64_t memOffset = 0;  // at this offset
 };
 
+struct WriteSpec {
+  uint32_t buffer = 0;
+  uint64_t memOffset = 0;
+  std::vector<uint8_t> bytes;
+};
+
 struct LapicEdit {
   uint32_t offset = 0;
   uint32_t mask = 0;
@@ -98,6 +105,7 @@ struct Setup {
   uint32_t pit2Flags = 0;
   std::vector<SlotSpec> slots;
   std::vector<LoadSpec> loads;
+  std::vector<WriteSpec> writes;
   std::vector<VcpuSpec> vcpus;
 
   // Results.
@@ -179,6 +187,7 @@ bool Setup::Run() {
     if (!Ioctl(vmFd, KVM_SET_USER_MEMORY_REGION, &region, "KVM_SET_USER_MEMORY_REGION")) return false;
   }
   if (!LoadFiles()) return false;
+  for (const WriteSpec& w : writes) std::memcpy(mappings[w.buffer]->addr + w.memOffset, w.bytes.data(), w.bytes.size());
   for (VcpuSpec& v : vcpus) {
     if (!SetUpVcpu(v)) return false;
   }
@@ -378,11 +387,11 @@ void ParseVcpu(Napi::Env env, Napi::Object o, VcpuSpec* spec) {
 }
 
 // Where `span` bytes at `guestAddr` lie in guest memory (buffer, offset), if inside one slot.
-bool MemOffset(const std::vector<SlotSpec>& slots, uint64_t guestAddr, uint64_t span, LoadSpec* out) {
+bool MemOffset(const std::vector<SlotSpec>& slots, uint64_t guestAddr, uint64_t span, uint32_t* buffer, uint64_t* offset) {
   for (const SlotSpec& slot : slots) {
     if (guestAddr >= slot.guestAddr && guestAddr - slot.guestAddr <= slot.size && span <= slot.size - (guestAddr - slot.guestAddr)) {
-      out->buffer = slot.buffer;
-      out->memOffset = slot.offset + (guestAddr - slot.guestAddr);
+      *buffer = slot.buffer;
+      *offset = slot.offset + (guestAddr - slot.guestAddr);
       return true;
     }
   }
@@ -427,10 +436,25 @@ void Parse(Napi::Env env, Napi::Value value, Setup* s) {
     l.length = U64(env, e, "length");
     l.zeroFill = e.Get("zeroFill").IsUndefined() ? 0 : U64(env, e, "zeroFill");
     const uint64_t guestAddr = U64(env, e, "guestAddr");
-    if (l.length > (uint64_t(1) << 46) || l.zeroFill > (uint64_t(1) << 46) || !MemOffset(s->slots, guestAddr, l.length + l.zeroFill, &l)) {
+    if (l.length > (uint64_t(1) << 46) || l.zeroFill > (uint64_t(1) << 46) || !MemOffset(s->slots, guestAddr, l.length + l.zeroFill, &l.buffer, &l.memOffset)) {
       ThrowRange(env, "createVmAsync: a load does not lie inside one memory slot");
     }
     s->loads.push_back(std::move(l));
+  }
+  Napi::Array writes = Arr(env, o.Get("writes"), "writes", true);
+  for (uint32_t i = 0; i < writes.Length(); i++) {
+    Napi::Object e = Obj(env, writes.Get(i), "a write");
+    Napi::Value bytes = e.Get("bytes");
+    if (!bytes.IsTypedArray() || bytes.As<Napi::TypedArray>().TypedArrayType() != napi_uint8_array) {
+      ThrowType(env, "createVmAsync: a write's bytes must be a Uint8Array");
+    }
+    Napi::Uint8Array arr = bytes.As<Napi::Uint8Array>();
+    WriteSpec w;
+    if (!MemOffset(s->slots, U64(env, e, "guestAddr"), arr.ByteLength(), &w.buffer, &w.memOffset)) {
+      ThrowRange(env, "createVmAsync: a write does not lie inside one memory slot");
+    }
+    w.bytes.assign(arr.Data(), arr.Data() + arr.ByteLength());
+    s->writes.push_back(std::move(w));
   }
   Napi::Array vcpus = Arr(env, o.Get("vcpus"), "vcpus");
   if (vcpus.Length() > kMaxSetupVcpus) ThrowRange(env, "createVmAsync: too many vCPUs");

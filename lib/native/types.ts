@@ -359,8 +359,8 @@ export interface VcpuSetup {
  * A whole VM set-up for {@link NativeKvm.createVmAsync}, performed off the JavaScript thread in
  * this order: KVM_CREATE_VM, KVM_SET_TSS_ADDR, KVM_SET_IDENTITY_MAP_ADDR, KVM_CREATE_IRQCHIP (if
  * `irqchip`), KVM_CREATE_PIT2 (if `pit2Flags` is given), one anonymous mapping per entry of
- * `memory`, KVM_SET_USER_MEMORY_REGION for each slot, the `loads` read into guest memory, then
- * each vCPU as {@link VcpuSetup} says, and its thread, created and held until
+ * `memory`, KVM_SET_USER_MEMORY_REGION for each slot, the `loads` read into guest memory, the
+ * `writes` copied there, then each vCPU as {@link VcpuSetup} says, and its thread, created and held until
  * {@link NativeVcpu.start} (which installs the seccomp filter on it before its first KVM_RUN).
  */
 export interface VmSetup {
@@ -382,6 +382,8 @@ export interface VmSetup {
   slots?: MemorySlotSetup[];
   /** File ranges to read into guest memory. */
   loads?: GuestLoad[];
+  /** Bytes to copy into guest memory after the loads, each range inside one slot. */
+  writes?: { guestAddr: number; bytes: Uint8Array }[];
   /** vCPUs to create. */
   vcpus: VcpuSetup[];
 }
@@ -605,6 +607,17 @@ export interface NativeVcpu {
    * (e.g. EINVAL for a program the kernel refuses); the vCPU is then not started
    */
   start(seccompFilter?: Uint8Array): void;
+  /**
+   * For a vCPU made by {@link NativeKvm.createVmAsync} (its thread exists, held before its first
+   * KVM_RUN): has the thread install `seccompFilter` as {@link NativeVcpu.start} would, and
+   * resolves once it is in place, the waiting done on a thread-pool thread instead of the
+   * JavaScript thread. `start()` (without a filter) then only lets the thread run. Until then the
+   * vCPU counts as not started (`runState` `'idle'`, register calls allowed).
+   * @throws Error for a vCPU not made by createVmAsync, or already started or prepared
+   * @returns rejects with the NativeError of a refused filter; the vCPU is then not started, and
+   *   `start()` makes it a new thread
+   */
+  prepareStart(seccompFilter?: Uint8Array): Promise<void>;
   /**
    * Where the run thread is: `'idle'` (not started), `'running'`, `'waiting'` (for a handler's
    * answer, i.e. in the middle of an I/O instruction), `'parked'` (paused between instructions)

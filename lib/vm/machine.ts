@@ -2,8 +2,9 @@
  * A running machine: the KVM VM, its memory, devices and vCPU threads, wired together.
  *
  * {@link startMachine} reads as the order things are built in: the image plan (kernel headers,
- * initrd size), then the VM with its memory, kernel, initrd and set-up vCPUs in one call the addon
- * performs on the thread pool (native-setup.ts), devices, boot memory, exit dispatch, run.
+ * initrd size) and the boot structures, then the VM with its memory, kernel, initrd, boot
+ * structures and set-up vCPUs in one call the addon performs on the thread pool (native-setup.ts),
+ * devices (where the command line announced them), exit dispatch, run.
  * {@link restoreMachine} builds the same machine from a snapshot: VM and bare vCPUs (thread pool),
  * memory from the memory file, the same devices in the same order with their saved state, vCPU
  * and VM state from the state file, run. Teardown releases everything in reverse, exactly once,
@@ -33,7 +34,7 @@ import {
 } from '../snapshot';
 import { composeCmdline, orderedDrives, type VmConfig, type DeviceSpec } from './config';
 import { VmError } from './errors';
-import { DeviceManager } from './device-manager';
+import { DeviceManager, announcement, virtioPlacement } from './device-manager';
 import { bootVcpuSetups, supportedCpuid } from './vcpu-setup';
 import { bootVmSetup, planImages, ramLayout, restoreVmSetup } from './native-setup';
 import { startTurn } from './start-turns';
@@ -184,16 +185,29 @@ export async function startMachine(config: VmConfig, opts: StartOptions): Promis
   // set-up. Only the kernel's headers are read here; the addon reads the images into guest memory.
   const images = planImages(config.kernel.path, config.kernel.initrd, memSize);
   const ram = ramLayout(memSize);
+  const quirks = hostQuirksOf(config);
+  // The command line announces the virtio devices where the device manager will place them (it
+  // checks that it did); the boot structures are built here and written by the addon with the
+  // rest, so that no page of fresh guest memory is first touched on this thread.
+  const announcements = plannedAnnouncements(config);
+  const cmdline = composeCmdline(config.kernel.cmdline, {
+    root: config.drives.find((d) => d.root),
+    announcements,
+    extra: quirks.emulatedKvm ? cpu.quirkCmdlineArgs() : [],
+  });
+  const image = boot.bootMemoryImage({
+    kernel: images.kernel.plan.kernel, cmdline, initrdPlacement: images.initrd?.placement, vcpuCount: config.vcpus, memSize,
+  });
   const vcpus = (kvm: NativeKvm) => bootVcpuSetups({
     count: config.vcpus,
     entry: images.kernel.plan.kernel.entry,
     supportedCpuid: supportedCpuid(kvm, config.kvmPath),
-    quirks: hostQuirksOf(config),
+    quirks,
   });
-  return withVm(config, opts.addon, (kvm) => bootVmSetup(ram, images, vcpus(kvm)), async (kvm, made) => {
+  return withVm(config, opts.addon, (kvm) => bootVmSetup(ram, images, image.writes, vcpus(kvm)), async (kvm, made) => {
     const memory = ram.regions.map((r) => ({ guestAddr: r.guestAddr, size: r.size, slot: r.slot, fileOffset: r.fileOffset, buffer: made.memory[r.buffer], byteOffset: r.byteOffset }));
     const machine = new Machine(config, opts, kvm, made.vm, memory, { slotsRegistered: true, vcpus: made.vcpus });
-    await machine.build({ kernel: images.kernel.plan.kernel, initrd: images.initrd?.placement });
+    await machine.build({ cmdline: image.setup.cmdline, announcements });
     return machine;
   });
 }
@@ -261,6 +275,16 @@ async function withVm(
   }
 }
 
+/**
+ * The `virtio_mmio.device=` arguments of `config`'s virtio devices, in the order the machine
+ * attaches them (the drives, root first, then the other devices): where the device manager places
+ * the `i`-th one.
+ */
+function plannedAnnouncements(config: VmConfig): string[] {
+  const count = config.drives.length + config.devices.length;
+  return Array.from({ length: count }, (_, i) => announcement(virtioPlacement(i, config.bootTimer)));
+}
+
 /** The host workarounds in force for `config`. */
 function hostQuirksOf(config: VmConfig): cpu.HostQuirks {
   return config.hostQuirks === 'auto' ? cpu.detectHostQuirks() : { emulatedKvm: config.hostQuirks === 'emulated-kvm' };
@@ -287,7 +311,7 @@ interface RamRegion extends MemoryRegionRecord {
 
 /** How {@link Machine.build} fills the machine: from a kernel, or from a snapshot. */
 type BuildSource =
-  | { kernel: boot.LoadedKernel; initrd: boot.InitrdPlacement | undefined }
+  | { cmdline: string; announcements: readonly string[] }
   | { snapshot: LoadedSnapshot; paused: boolean };
 
 /** See the module comment. Create with {@link startMachine} or {@link restoreMachine}. */
@@ -375,20 +399,14 @@ class Machine implements MachineHandle {
           vm.pauseVcpus();
         }
       } else {
-        // The kernel and initrd are in guest memory and the vCPUs are set up: the addon did both
-        // with the VM (startMachine). The boot structures follow the devices' announcements.
-        this.cmdline = composeCmdline(config.kernel!.cmdline, {
-          root: config.drives.find((d) => d.root),
-          announcements: this.devices.announcements(),
-          extra: this.quirks.emulatedKvm ? cpu.quirkCmdlineArgs() : [],
-        });
-        boot.setupBootMemory(this.memory, {
-          kernel: src.kernel,
-          cmdline: this.cmdline,
-          initrdPlacement: src.initrd,
-          vcpuCount: config.vcpus,
-          memSize: config.memoryMib * 1024 * 1024,
-        });
+        // Kernel, initrd and boot structures are in guest memory and the vCPUs are set up: the
+        // addon did all of it with the VM (startMachine). The command line it wrote announced the
+        // devices where startMachine expected them.
+        const placed = this.devices.announcements();
+        if (placed.length !== src.announcements.length || placed.some((a, i) => a !== src.announcements[i])) {
+          throw new VmError('START_FAILED', `the devices were placed at ${placed.join(' ')}, the command line announced ${src.announcements.join(' ')}`);
+        }
+        this.cmdline = src.cmdline;
       }
       vm.setExitHandlers({
         io: (kind, _vcpu, addr, size, value, seq) => this.dispatch.io(kind, addr, size, value, seq),
@@ -397,9 +415,12 @@ class Machine implements MachineHandle {
         vcpuStopped: () => this.onVcpuStopped(),
       });
       this.publishLsr();
+      // Each vCPU thread filters its own system calls from its first KVM_RUN on (lib/seccomp): the
+      // threads made with the VM install their filters now, waited for off the JavaScript thread,
+      // then all start at once.
+      await Promise.all(this.vcpus.map((v) => v.prepareStart(config.seccomp === false ? undefined : vcpuSeccompFilter({ vcpuFd: v.fd }))));
       this.runningVcpus = this.vcpus.length;
-      // Each vCPU thread filters its own system calls from its first KVM_RUN on (lib/seccomp).
-      for (const v of this.vcpus) v.start(config.seccomp === false ? undefined : vcpuSeccompFilter({ vcpuFd: v.fd }));
+      for (const v of this.vcpus) v.start();
     } catch (e) {
       this.ended = true;
       await this.release();

@@ -143,9 +143,10 @@ function baseSetup(): Pick<VmSetup, 'tssAddr' | 'identityMapAddr' | 'irqchip' | 
 
 /**
  * The set-up of a machine that boots a kernel: RAM laid out by {@link ramLayout} with its slots,
- * the kernel's and initrd's file ranges read into it, and the vCPUs as given.
+ * the kernel's and initrd's file ranges read into it, then `writes` (the boot structures,
+ * {@link boot.bootMemoryImage}), and the vCPUs as given.
  */
-export function bootVmSetup(ram: RamLayout, images: ImagePlan, vcpus: VcpuSetup[]): VmSetup {
+export function bootVmSetup(ram: RamLayout, images: ImagePlan, writes: boot.GuestBytes[], vcpus: VcpuSetup[]): VmSetup {
   const loads: GuestLoad[] = images.kernel.plan.loads.map((l) => ({ path: images.kernel.path, ...l }));
   if (images.initrd) {
     loads.push({ path: images.initrd.path, fileOffset: 0, length: images.initrd.placement.size, guestAddr: images.initrd.placement.addr });
@@ -155,6 +156,7 @@ export function bootVmSetup(ram: RamLayout, images: ImagePlan, vcpus: VcpuSetup[
     memory: ram.buffers,
     slots: ram.regions.map((r) => ({ slot: r.slot, guestAddr: r.guestAddr, buffer: r.buffer, offset: r.byteOffset, size: r.size })),
     loads,
+    writes,
     vcpus,
   };
 }

@@ -166,11 +166,12 @@ describeKvm('NativeKvm.createVmAsync', () => {
     expect(() => kvm.createVmAsync(base({ memory: [2 ** 32 + 4096] }))).toThrow(/4 GiB/);
     expect(() => kvm.createVmAsync(base({ loads: [{ path: '/dev/null', fileOffset: 0, length: 16, guestAddr: 4 << 20 }] }))).toThrow(/inside one memory slot/);
     expect(() => kvm.createVmAsync(base({ loads: [{ path: '/dev/null', fileOffset: 0, length: 16, guestAddr: (4 << 20) - 8 }] }))).toThrow(/inside one memory slot/);
+    expect(() => kvm.createVmAsync(base({ writes: [{ guestAddr: (4 << 20) - 2, bytes: new Uint8Array(4) }] }))).toThrow(/inside one memory slot/);
     expect(() => kvm.createVmAsync(base({ vcpus: [{ id: 0, cpuid: new Uint32Array(6) }] }))).toThrow(/7 words per entry/);
     kvm.close();
   });
 
-  it('loads file ranges into guest memory (two buffers), and sets up vCPUs that are not running yet', async () => {
+  it('loads file ranges and writes bytes into guest memory (two buffers), and sets up vCPUs that are not running yet', async () => {
     const kvm = addon.openKvm();
     const file = path.join(tmp, 'image');
     fs.writeFileSync(file, Buffer.from(Array.from({ length: 64 }, (_, i) => i + 1)));
@@ -178,12 +179,15 @@ describeKvm('NativeKvm.createVmAsync', () => {
       memory: [4 << 20, 1 << 20],
       slots: [{ slot: 0, guestAddr: 0, buffer: 0, offset: 0, size: 4 << 20 }, { slot: 1, guestAddr: 1 << 30, buffer: 1, offset: 0, size: 1 << 20 }],
       loads: [{ path: file, fileOffset: 8, length: 16, guestAddr: 0x100000, zeroFill: 8 }, { path: file, fileOffset: 0, length: 4, guestAddr: (1 << 30) + 16 }],
+      writes: [{ guestAddr: 0x7000, bytes: Uint8Array.from([0xaa, 0xbb]) }, { guestAddr: (1 << 30) + 32, bytes: Uint8Array.from([7]) }],
       vcpus: [{ id: 0, regs: { rax: 0n, rbx: 0n, rcx: 0n, rdx: 0n, rsi: 0x7000n, rdi: 0n, rsp: 0n, rbp: 0n, r8: 0n, r9: 0n, r10: 0n, r11: 0n, r12: 0n, r13: 0n, r14: 0n, r15: 0n, rip: 0x100000n, rflags: 2n }, sregs: { cr3: 0x9000n }, fpu: { fcw: 0x37f, mxcsr: 0x1f80 } }, { id: 1 }],
     }));
     expect(made.memory.map((m) => m.byteLength)).toEqual([4 << 20, 1 << 20]);
     const mem = new Uint8Array(made.memory[0]);
     expect([...mem.subarray(0x100000, 0x100000 + 24)]).toEqual([...Array.from({ length: 16 }, (_, i) => i + 9), 0, 0, 0, 0, 0, 0, 0, 0]);
     expect([...new Uint8Array(made.memory[1]).subarray(16, 20)]).toEqual([1, 2, 3, 4]);
+    expect([...mem.subarray(0x7000, 0x7002)]).toEqual([0xaa, 0xbb]);
+    expect(new Uint8Array(made.memory[1])[32]).toBe(7);
     // The slots are known to the VM as if set with setUserMemoryRegion.
     made.vm.setDirtyLogging(1, true);
     expect(made.vcpus.map((v) => v.id)).toEqual([0, 1]);

@@ -1,14 +1,17 @@
 /**
  * Loading planned instead of performed (issue #12: images are read into guest memory off the
  * JavaScript thread): planKernel on the start of a file must decide exactly what loadKernel does
- * with the whole file, and setupBootMemory with an initrd placed by other means must write what
- * it writes when it loads the initrd itself.
+ * with the whole file, setupBootMemory with an initrd placed by other means must write what it
+ * writes when it loads the initrd itself, and bootMemoryImage must give exactly the bytes
+ * setupBootMemory writes.
  */
 import fc from 'fast-check';
 import { GuestMemory } from '../../lib/memory/guest-memory';
 import {
   BootError,
+  EBDA_END,
   KERNEL_HEAD_BYTES,
+  bootMemoryImage,
   kernelHeadLength,
   loadKernel,
   planKernel,
@@ -193,5 +196,50 @@ describe('setupBootMemory with an initrd placement', () => {
       ),
       { numRuns: 25 },
     );
+  });
+});
+
+describe('bootMemoryImage', () => {
+  const kernel = { kind: 'elf' as const, entry: MiB, kernelEnd: 2 * MiB, cmdlineMaxSize: 2048 };
+
+  it('property: its writes on zeroed memory give exactly what setupBootMemory writes', () => {
+    fc.assert(
+      fc.property(
+        fc.stringMatching(/^[ -~]{0,300}$/),
+        fc.integer({ min: 1, max: 32 }),
+        fc.constantFrom(16 * MiB, 64 * MiB, 3328 * MiB + 4096),
+        fc.option(fc.integer({ min: 1, max: 1 << 20 }), { nil: undefined }),
+        (cmdline, vcpuCount, memSize, initrdSize) => {
+          const initrdPlacement = initrdSize === undefined ? undefined : placeInitrd(initrdSize, kernel.kernelEnd, lowMemoryEnd(memSize));
+          const opts = { kernel, cmdline, vcpuCount, memSize, initrdPlacement };
+          const { setup, writes } = bootMemoryImage(opts);
+          // Low memory is all the image may touch.
+          for (const w of writes) expect(w.guestAddr + w.bytes.length).toBeLessThanOrEqual(EBDA_END);
+          // The reference: setupBootMemory on real (sparse) guest memory of that size, low part only.
+          const regions = memoryRegions(memSize).map((r) => ({ guestAddr: r.guestAddr, bytes: new Uint8Array(r.guestAddr === 0 ? r.size : 4096) }));
+          const ref = new GuestMemory(regions.map((r, i) => (i === 0 ? r : { guestAddr: r.guestAddr, buffer: new ArrayBuffer(memoryRegions(memSize)[i].size), byteOffset: 0, size: memoryRegions(memSize)[i].size })));
+          const refSetup = setupBootMemory(ref, opts);
+          const mine = new Uint8Array(EBDA_END);
+          for (const w of writes) mine.set(w.bytes, w.guestAddr);
+          expect(Buffer.compare(mine, ref.slice(0, EBDA_END))).toBe(0);
+          expect(setup).toEqual(refSetup);
+        },
+      ),
+      { numRuns: 40 },
+    );
+  });
+
+  it('leaves nothing behind for the next call (its scratch is reused)', () => {
+    const long = bootMemoryImage({ kernel, cmdline: 'x'.repeat(1500), vcpuCount: 32, memSize: 64 * MiB });
+    const short = bootMemoryImage({ kernel, cmdline: 'y', vcpuCount: 1, memSize: 64 * MiB });
+    const fresh = bootMemoryImage({ kernel, cmdline: 'y', vcpuCount: 1, memSize: 64 * MiB });
+    expect(long.writes.length).toBeGreaterThan(0);
+    expect(short.writes).toEqual(fresh.writes);
+    const joined = Buffer.concat(short.writes.map((w) => Buffer.from(w.bytes)));
+    expect(joined.includes(Buffer.from('xxxx'))).toBe(false);
+  });
+
+  it('refuses initrd bytes (it takes a placement)', () => {
+    expect(outcome(() => bootMemoryImage({ kernel, vcpuCount: 1, memSize: 64 * MiB, initrd: new Uint8Array(8) }))).toMatch(/^BAD_MEMORY_LAYOUT/);
   });
 });
