@@ -389,6 +389,11 @@ class Machine implements MachineHandle {
   /** Devices, guest memory contents (or saved state), vCPUs, then run. Releases everything if any step fails. */
   async build(src: BuildSource): Promise<void> {
     const { config, vm } = this;
+    // Each vCPU thread filters its own system calls from its first KVM_RUN on (lib/seccomp). The
+    // threads made with the VM install their filters now, while the devices are built, and wait;
+    // the JavaScript thread waits for none of it.
+    const prepared = Promise.all(this.vcpus.map((v) => v.prepareStart(config.seccomp === false ? undefined : vcpuSeccompFilter({ vcpuFd: v.fd }))));
+    prepared.catch(() => undefined); // awaited below; a failure before then must not go unhandled
     try {
       await this.attachDevices();
       if ('snapshot' in src) {
@@ -415,10 +420,7 @@ class Machine implements MachineHandle {
         vcpuStopped: () => this.onVcpuStopped(),
       });
       this.publishLsr();
-      // Each vCPU thread filters its own system calls from its first KVM_RUN on (lib/seccomp): the
-      // threads made with the VM install their filters now, waited for off the JavaScript thread,
-      // then all start at once.
-      await Promise.all(this.vcpus.map((v) => v.prepareStart(config.seccomp === false ? undefined : vcpuSeccompFilter({ vcpuFd: v.fd }))));
+      await prepared;
       this.runningVcpus = this.vcpus.length;
       for (const v of this.vcpus) v.start();
     } catch (e) {
