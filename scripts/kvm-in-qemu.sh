@@ -80,7 +80,8 @@ KMOD=$(ls -d "$KDIR"/lib/modules/*/kernel | head -1)
 
 # --- initramfs -------------------------------------------------------------------
 # Modules wanted; their dependencies are resolved from each .ko's modinfo "depends=".
-WANT="virtio_pci 9pnet_virtio 9p kvm_amd"
+# tun: TAP tests (test/kvm/net.test.ts, test/linux/devices.test.ts) create TAPs in namespaces.
+WANT="virtio_pci 9pnet_virtio 9p kvm_amd tun"
 declare -A KOPATH=() SEEN=()
 while IFS= read -r f; do n=${f##*/}; n=${n%.ko}; KOPATH[${n//-/_}]=$f; done < <(find "$KMOD" -name '*.ko')
 MODS=""

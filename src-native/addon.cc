@@ -1,6 +1,9 @@
 // Module registration. The addon is policy-free: see lib/native/types.ts for the contract.
 #include <napi.h>
 
+#include <malloc.h>
+#include <unistd.h>
+
 #include "addon_data.h"
 #include "errors.h"
 #include "eventfd.h"
@@ -18,8 +21,15 @@
 
 namespace kindling {
 
+Napi::Value LibcStringAddress(const Napi::CallbackInfo& info);  // libc_string.cc
+
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   InstallKickSignalHandler();
+  // glibc computes its arena limit (8 per core) the first time a process has more than 8 arenas,
+  // reading /sys/devices/system/cpu/online on whichever thread that is: possibly a vCPU thread
+  // under its seccomp filter. Setting the same limit now makes that read unnecessary.
+  const long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+  if (cpus > 0) mallopt(M_ARENA_MAX, static_cast<int>(8 * cpus));
   auto* data = new AddonData();
   env.SetInstanceData<AddonData>(data);
   data->kvmCtor = Napi::Persistent(KvmSystem::Init(env));
@@ -46,6 +56,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("setErrorClass", Napi::Function::New<SetErrorClass>(env, "setErrorClass"));
   exports.Set("setUntransferableMarker", Napi::Function::New<SetUntransferableMarker>(env, "setUntransferableMarker"));
   exports.Set("kickSignal", Napi::Number::New(env, KickSignal()));
+  exports.Set("libcStringAddress", Napi::Function::New<LibcStringAddress>(env, "libcStringAddress"));
 #ifdef KINDLING_TEST_HOOKS
   exports.Set("_testing", CreateTestHooks(env));
 #endif

@@ -41,6 +41,18 @@ napi_threadsafe_function VmCore::PushLocked(ExitRecord&& r, void** data) {
   return tsfn;
 }
 
+bool VmCore::InPioSink(uint64_t port) const {
+  for (const auto& s : pioSinks_) {
+    if (port >= s.first && port < uint64_t(s.first) + s.second) return true;
+  }
+  return false;
+}
+
+void VmCore::DefinePioSink(uint32_t base, uint32_t len) {
+  std::lock_guard<std::mutex> lk(mu_);
+  pioSinks_.emplace_back(base, len);
+}
+
 napi_threadsafe_function VmCore::AppendTxLocked(VcpuCore& v, uint8_t byte, void** data) {
   *data = nullptr;
   const uint64_t seq = nextSeq_++;
@@ -112,6 +124,9 @@ void VmCore::PostWrite(VcpuCore& v, uint8_t kind, uint64_t addr, uint32_t size, 
   void* data = nullptr;
   {
     std::unique_lock<std::mutex> lk(mu_);
+    // A write nothing decodes (the POST/delay port 0x80 that Linux's outb_p and polling loops hit
+    // constantly) is dropped here: it must not cost the JavaScript thread a record each.
+    if (kind == kPioWrite && InPioSink(addr)) return;
     WaitForRoomLocked(lk, v);
     // A stopping VM still takes the write: JavaScript handles what was queued before the stop.
     if (kind == kPioWrite && size == 1 && addr == txPort_) {
@@ -161,6 +176,10 @@ bool VmCore::WaitLocked(std::unique_lock<std::mutex>& lk, VcpuCore& v, ExitRecor
 bool VmCore::Read(VcpuCore& v, uint8_t kind, uint64_t addr, uint32_t size, uint32_t* value) {
   const uint32_t mask = SizeMask(size);
   std::unique_lock<std::mutex> lk(mu_);
+  if (kind == kPioRead && InPioSink(addr)) {
+    *value = mask;  // an undriven ISA bus reads all ones
+    return true;
+  }
   if (kind == kPioRead) {
     for (const PioCacheGroup& g : pioGroups_) {
       if (addr < g.base || addr >= uint64_t(g.base) + g.len) continue;

@@ -16,6 +16,7 @@
 #include <signal.h>
 #include <sys/prctl.h>
 #include <sys/syscall.h>
+#include <execinfo.h>
 #include <ucontext.h>
 #include <unistd.h>
 
@@ -137,6 +138,11 @@ void OnSigsys(int sig, siginfo_t* info, void* ctx) {
     if (w <= 0) break;
     off += static_cast<size_t>(w);
   }
+  // Where the call came from (the unwinder was loaded before the filter, see InstallThreadFilter;
+  // writing the symbols needs only write(2)).
+  void* frames[32];
+  const int n = backtrace(frames, 32);
+  backtrace_symbols_fd(frames, n, STDERR_FILENO);
   syscall(kRefusedSyscall);
   // Only a filter that allows everything gets here; the thread must not go on.
   __builtin_trap();
@@ -177,6 +183,13 @@ int InstallSigsysReporter() {
 }
 
 bool InstallThreadFilter(const SeccompProgram& prog, const char* threadName, FilterFailure* failure) {
+  // The first backtrace() loads the unwinder (libgcc_s: openat, mmap): do it while that is
+  // still allowed, so the SIGSYS report can include a backtrace.
+  static std::once_flag unwinderLoaded;
+  std::call_once(unwinderLoaded, [] {
+    void* frame[1];
+    backtrace(frame, 1);
+  });
   const uintptr_t self = static_cast<uintptr_t>(pthread_self());
   NamedThread* slot = nullptr;
   for (NamedThread& t : g_threads) {

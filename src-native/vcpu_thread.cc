@@ -224,13 +224,10 @@ void ThreadMain(VcpuCore* vp, std::function<void()> body, std::shared_ptr<Thread
   snprintf(name, sizeof name, "kindling-cpu%u", v.id % 1000);
   pthread_setname_np(pthread_self(), name);
 
-  // The thread's first allocation attaches it to a malloc arena; made here, while every call is
-  // still allowed. glibc chooses the arena then, and the first thread of the process to do so
-  // once it has more than 8 arenas sizes the arena limit by reading
-  // /sys/devices/system/cpu/online (glibc 2.36 as Debian 12 ships it: openat), which the filter
-  // refuses: a vCPU thread whose first allocation came later (an exit record) killed the process
-  // whenever it happened to be that thread.
-  void* volatile arenaProbe = std::malloc(1);
+  // The thread's first allocation picks (or creates) its malloc arena; creating one can make
+  // glibc read /sys/devices/system/cpu/online (arena_get2). Do it while that is still allowed.
+  // Through a volatile: `free(malloc(n))` is a dead pair the compiler removes at -O2.
+  void* volatile arenaProbe = std::malloc(64);
   std::free(arenaProbe);
 
   // Before the first KVM_RUN: from here on the guest controls what this thread computes.

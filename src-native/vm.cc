@@ -157,6 +157,7 @@ Napi::Function Vm::Init(Napi::Env env) {
                          InstanceMethod<&Vm::SetExitHandlers>("setExitHandlers"),
                          InstanceMethod<&Vm::FlushExits>("flushExits"),
                          InstanceMethod<&Vm::DefinePioReadCache>("definePioReadCache"),
+                         InstanceMethod<&Vm::DefinePioSink>("definePioSink"),
                          InstanceMethod<&Vm::SetPioReadCache>("setPioReadCache"),
                          InstanceMethod<&Vm::DefineTransmitBuffer>("defineTransmitBuffer"),
                          InstanceMethod<&Vm::SetTransmitDeferral>("setTransmitDeferral"),
@@ -699,6 +700,15 @@ Napi::Value Vm::SetExitHandlers(const Napi::CallbackInfo& info) {
 Napi::Value Vm::FlushExits(const Napi::CallbackInfo& info) {
   Drain(info.Env());
   return info.Env().Undefined();
+}
+
+Napi::Value Vm::DefinePioSink(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const uint32_t base = ArgU32(info, 0, "base");
+  const uint32_t len = ArgU32(info, 1, "len");
+  if (len == 0 || base > 0xffff || base + len > 0x10000) ThrowRange(env, "definePioSink: ports must lie in [0, 0x10000)");
+  core_->DefinePioSink(base, len);
+  return env.Undefined();
 }
 
 Napi::Value Vm::DefinePioReadCache(const Napi::CallbackInfo& info) {

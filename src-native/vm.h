@@ -126,6 +126,7 @@ class Vm : public Napi::ObjectWrap<Vm> {
   Napi::Value SetExitHandlers(const Napi::CallbackInfo& info);
   Napi::Value FlushExits(const Napi::CallbackInfo& info);
   Napi::Value DefinePioReadCache(const Napi::CallbackInfo& info);
+  Napi::Value DefinePioSink(const Napi::CallbackInfo& info);
   Napi::Value SetPioReadCache(const Napi::CallbackInfo& info);
   Napi::Value DefineTransmitBuffer(const Napi::CallbackInfo& info);
   Napi::Value SetTransmitDeferral(const Napi::CallbackInfo& info);

@@ -290,6 +290,8 @@ class VmCore {
   /** Where `v`'s thread is now. */
   VcpuState StateOf(VcpuCore& v);
   void DefinePioGroup(uint32_t base, uint32_t len, uint32_t mask);  // caller validated
+  /** Ports whose writes are dropped and whose reads answer all-ones on the vCPU thread. */
+  void DefinePioSink(uint32_t base, uint32_t len);  // caller validated
   bool PioGroupOverlaps(uint32_t base, uint32_t len);
   bool SetPioCache(uint32_t port, int64_t value, uint64_t seq);
   /** Releases the TSFN (idempotent). */
@@ -342,6 +344,8 @@ class VmCore {
   std::condition_variable quiesceCv_;  // pauseVcpus waits here
   std::condition_variable spaceCv_;    // posted writes wait here while the queue is full
   std::vector<PioCacheGroup> pioGroups_;
+  std::vector<std::pair<uint32_t, uint32_t>> pioSinks_;  // [base, base + len)
+  bool InPioSink(uint64_t port) const;  // mu_ held
 };
 
 /** Why StartThread failed: the call (pthread_create, prctl, seccomp) and errno. */

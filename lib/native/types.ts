@@ -509,6 +509,12 @@ export interface NativeVm {
    */
   definePioReadCache(base: number, len: number, transparentWriteMask: number): void;
   /**
+   * Ports `[base, base+len)` that no device decodes and that guests hit constantly (the POST and
+   * delay port 0x80): the vCPU thread drops writes to them and answers reads with all-ones itself,
+   * so they cost no JavaScript. Call before the vCPUs start.
+   */
+  definePioSink(base: number, len: number): void;
+  /**
    * Caches `value` for reads of `port`, valid only if no invalidating write to its group was
    * queued after record `seq` (the last record the caller has processed). `value < 0` clears it.
    * Returns whether the value was accepted.
@@ -691,6 +697,11 @@ export interface NativeAddon {
   readvSpans(fd: number, buffers: readonly ArrayBuffer[], spans: Float64Array, count: number): number;
   /** One writev(2) from spans laid out as for {@link readvSpans}; bytes written or -1 on EAGAIN. */
   writevSpans(fd: number, buffers: readonly ArrayBuffer[], spans: Float64Array, count: number): number;
+  /**
+   * Where a constant string lives inside libc's read-only segments (it must match up to its NUL),
+   * or undefined: for seccomp rules that recognise one pointer glibc passes (lib/seccomp/vcpu.ts).
+   */
+  libcStringAddress(text: string): bigint | undefined;
   /** Pages of this process currently resident (from /proc/self/statm), for tests and benchmarks. */
   residentPages?(): number;
   /**

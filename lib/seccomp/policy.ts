@@ -81,6 +81,11 @@ export interface SyscallRule {
   readonly args?: readonly ArgCheck[];
   /** Why the thread needs this call (kept with the rule for review). */
   readonly reason: string;
+  /**
+   * What the filter returns when this rule matches, instead of the policy's `onMatch` (e.g.
+   * {@link seccompRetErrno} to refuse one known, harmless call with an error rather than a kill).
+   */
+  readonly action?: number;
 }
 
 /**
@@ -105,8 +110,11 @@ export interface FilterActions {
   readonly onForeignAbi?: number;
 }
 
-/** What a policy makes of one call. */
-export type SeccompVerdict = 'match' | 'mismatch' | 'foreign-abi';
+/**
+ * What a policy makes of one call: a rule matched (`'match'`, or `'action'` for a rule with its
+ * own {@link SyscallRule.action}), none did, or another ABI.
+ */
+export type SeccompVerdict = 'match' | 'action' | 'mismatch' | 'foreign-abi';
 
 /** A call as seccomp sees it (`struct seccomp_data` without the instruction pointer). */
 export interface SeccompCall {
@@ -147,14 +155,14 @@ function normalizeCheck(rule: SyscallRule, c: ArgCheck): NormalizedCheck {
 }
 
 /** Rules grouped by call number, in order of first appearance. */
-function groupRules(policy: SeccompPolicy): { nr: number; alternatives: NormalizedCheck[][] }[] {
-  const groups = new Map<number, NormalizedCheck[][]>();
+function groupRules(policy: SeccompPolicy): { nr: number; alternatives: { checks: NormalizedCheck[]; action?: number }[] }[] {
+  const groups = new Map<number, { checks: NormalizedCheck[]; action?: number }[]>();
   for (const rule of policy.rules) {
     const nr = SYSCALLS[rule.syscall];
     if (nr === undefined) throw new SeccompError('BAD_RULE', `unknown system call ${String(rule.syscall)}`);
     const checks = (rule.args ?? []).map((c) => normalizeCheck(rule, c));
     const list = groups.get(nr) ?? [];
-    list.push(checks);
+    list.push({ checks, ...(rule.action !== undefined ? { action: checkAction(`action of the rule for ${rule.syscall}`, rule.action) } : {}) });
     groups.set(nr, list);
   }
   return [...groups].map(([nr, alternatives]) => ({ nr, alternatives }));
@@ -221,7 +229,7 @@ export function compileFilter(policy: SeccompPolicy, actions: FilterActions = {}
   // test, and every path through a group's body ends in a return.
   for (const { nr, alternatives } of groupRules(policy)) {
     const body: BpfInstruction[] = [];
-    for (const checks of alternatives) body.push(...compileAlternative(checks, onMatch));
+    for (const alt of alternatives) body.push(...compileAlternative(alt.checks, alt.action ?? onMatch));
     body.push(stmt(BPF_RET_K, onMismatch));
     if (body.length <= BPF_MAX_COND_JUMP) {
       program.push(jump(BPF_JMP_JEQ_K, nr, 0, body.length));
@@ -252,7 +260,7 @@ export function evaluatePolicy(policy: SeccompPolicy, call: SeccompCall): Seccom
       const full = n.width === 'dword' ? U32 : U64;
       return ((args[n.index] ?? 0n) & full & n.mask) === n.value;
     });
-    if (ok) return 'match';
+    if (ok) return rule.action === undefined ? 'match' : 'action';
   }
   return 'mismatch';
 }

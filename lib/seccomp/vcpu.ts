@@ -10,7 +10,10 @@
  * addon's SIGSYS handler reports the call and the kernel kills the process (src-native/seccomp.cc).
  * @module
  */
-import { compileFilter, type ArgCheck, type FilterActions, type SeccompPolicy, type SyscallRule } from './policy';
+import { compileFilter, seccompRetErrno, type ArgCheck, type FilterActions, type SeccompPolicy, type SyscallRule } from './policy';
+
+/** errno EACCES. */
+const EACCES = 13;
 
 /** `KVM_RUN`: `_IO(KVMIO, 0x80)`. */
 export const KVM_RUN = 0xae80;
@@ -37,6 +40,13 @@ export interface VcpuPolicyOptions {
   readonly vcpuFd: number;
   /** The process id abort() may signal (default `process.pid`). */
   readonly pid?: number;
+  /**
+   * Where libc keeps the string "/proc/sys/vm/overcommit_memory" (`NativeAddon.libcStringAddress`):
+   * glibc opens that file, once per process, the first time a thread arena shrinks, which can
+   * happen on a vCPU thread. That one open is refused with EACCES (glibc then assumes the default
+   * overcommit policy, as when the file is unreadable); every other open stays a refused call.
+   */
+  readonly overcommitPathAddress?: bigint;
 }
 
 const dword = (index: number, value: number): ArgCheck => ({ index, width: 'dword', value });
@@ -105,6 +115,13 @@ export function vcpuSeccompPolicy(opts: VcpuPolicyOptions): SeccompPolicy {
     },
     { syscall: 'rt_sigprocmask', reason: 'glibc blocks signals when the thread exits; abort() unblocks SIGABRT' },
     { syscall: 'exit', reason: 'the thread ends' },
+    ...(opts.overcommitPathAddress !== undefined ? [{
+      syscall: 'openat' as const,
+      args: [{ index: 1, width: 'qword' as const, value: opts.overcommitPathAddress }],
+      action: seccompRetErrno(EACCES),
+      reason: "glibc's check_may_shrink_heap reading /proc/sys/vm/overcommit_memory when a thread arena first shrinks: " +
+        'refused with EACCES, which glibc treats as the default policy (the path is libc\'s own constant string)',
+    }] : []),
     // A C++ failure on this thread (std::terminate) ends in abort(): let it say so with SIGABRT
     // rather than be reported as a refused call. These can only signal this process.
     { syscall: 'getpid', reason: 'abort() raising SIGABRT' },

@@ -48,6 +48,23 @@ export const TEST_GUESTS = {
   blk: 'blk.elf',
   /** Triple-faults on purpose: the VM ends with reason `'shutdown'`. */
   triple: 'triple.elf',
+  /**
+   * A virtio-net driver: ARP, three pings to `net.peer=` (an address on a TAP, or another guest),
+   * the metadata service's v2 token flow (`net.mmds=`), answering ARP and echo requests while it
+   * waits (`net.linger=<polls>` after the rest); prints `KT: PASS net0 ping`, `KT: PASS net0 mmds`.
+   */
+  net: 'net.elf',
+  /**
+   * A virtio-vsock driver: connects to host port 7000 (`vsock.host_port=`, 0 skips), then serves
+   * the invoke protocol on port 1024 (echo); the request `quit` ends it.
+   */
+  vsock: 'vsock.elf',
+  /** A virtio-rng driver: reads entropy and prints `KT: PASS rng random`. */
+  rng: 'rng.elf',
+  /** A virtio-balloon driver: inflates to the target, reports statistics (`balloon.wait_target=1` waits for an update). */
+  balloon: 'balloon.elf',
+  /** Counts steps, prints running sums and writes a memory pattern (`count=`, `pages=`): for snapshot tests. */
+  counter: 'counter.elf',
 } as const;
 
 /** A shipped guest's name. */

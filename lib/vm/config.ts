@@ -7,6 +7,7 @@
 import * as fs from 'fs';
 import { ConfigError, checkBoolean, checkOneOf, checkOptionsObject } from '../config';
 import type { DriveConfig } from '../devices/block/config';
+import type { MmdsOptions } from '../devices/net/config';
 
 export type { DriveOptions, DriveConfig, DriveUpdate } from '../devices/block/config';
 
@@ -87,6 +88,8 @@ export interface VmConfig {
   trackDirtyPages: boolean;
   /** Firecracker's boot-timer device in the first virtio-mmio window. */
   bootTimer: boolean;
+  /** The metadata service's configuration (`vm.mmds()`), as given, validated. */
+  mmds?: MmdsOptions;
   /** `false` starts the vCPU threads without their seccomp filter (debugging); absent or `true`: filtered. */
   seccomp?: boolean;
 }

@@ -118,6 +118,16 @@ export class DeviceManager {
   }
 
   /**
+   * Adds a device that is on no bus (a service other devices use, such as the metadata store):
+   * it gets an id, metrics, state and teardown like every other device.
+   * @throws DeviceError DUPLICATE_ID
+   */
+  attach(device: Device): void {
+    this.claimId(device);
+    this.slots.set(device.id, { device });
+  }
+
+  /**
    * Maps a non-virtio device on the MMIO bus at `[base, base+len)` (the boot timer).
    * @throws DeviceError DUPLICATE_ID
    */

@@ -41,6 +41,22 @@ import { startTurn } from './start-turns';
 import { ExitDispatcher, type ExitInfo } from './exit-dispatch';
 import type { VmMetrics } from './metrics';
 import { blockDeviceKind } from '../devices/block/config';
+import { netDeviceKind } from '../devices/net/kind';
+import { vsockDeviceKind } from '../devices/vsock/kind';
+import { entropyDeviceKind } from '../devices/rng/kind';
+import { balloonDeviceKind } from '../devices/balloon/kind';
+import type { FrameSwitch } from '../devices/net/config';
+import type { NetHost } from '../devices/net/host';
+import type { NetMetrics } from '../devices/net/device';
+import type { MmdsStore } from '../devices/net/mmds/store';
+import type { VsockHost } from '../devices/vsock/host';
+import type { EntropyHost } from '../devices/rng/host';
+import type { BalloonHost } from '../devices/balloon/host';
+import { NativeNetHost } from './net-host';
+import { createVsockHost } from './vsock-host';
+import { createEntropyHost } from './rng-host';
+import { createBalloonHost } from './balloon-host';
+import type { Duplex } from 'stream';
 import type { BlockMetrics } from '../devices/block/device';
 import { KindlingError } from '../errors';
 import { NativeError } from '../native/errors';
@@ -59,6 +75,12 @@ export const I8042_PORT_BASE = 0x60;
 export const I8042_PORT_LEN = 5;
 /** See {@link I8042_PORT_BASE}. */
 export const I8042_IRQ = 1;
+
+/** The file glibc's malloc reads once when a thread arena first shrinks (see lib/seccomp/vcpu.ts). */
+const GLIBC_OVERCOMMIT_PATH = '/proc/sys/vm/overcommit_memory';
+
+/** The POST diagnostic port, used as an I/O delay (nothing decodes it; writes are dropped natively). */
+export const POST_PORT = 0x80;
 
 /** KVM capability numbers we require (linux/kvm.h). */
 const REQUIRED_CAPS: [number, string][] = [
@@ -119,6 +141,8 @@ export interface MachineHandle {
   sendCtrlAltDel(): Promise<void>;
   /** Applies a validated runtime update to device `id` (see {@link DeviceKind.update}). */
   updateDevice(id: string, update: unknown): Promise<void>;
+  /** What device `id`'s kind reports beyond metrics (see {@link DeviceKind.stats}). */
+  deviceStats(id: string): Promise<unknown>;
   /** Counters of the machine and every device. */
   metrics(): Promise<Omit<VmMetrics, 'id' | 'state'>>;
   /**
@@ -138,7 +162,27 @@ export interface MachineHandle {
 }
 
 /** The device kinds every machine knows. */
-export const BUILTIN_DEVICE_KINDS: DeviceKindRegistry = new Map([[blockDeviceKind.kind, blockDeviceKind]]);
+export const BUILTIN_DEVICE_KINDS: DeviceKindRegistry = new Map<string, DeviceKind<any, any, any, any>>([ // eslint-disable-line @typescript-eslint/no-explicit-any
+  [blockDeviceKind.kind, blockDeviceKind],
+  [netDeviceKind.kind, netDeviceKind],
+  [vsockDeviceKind.kind, vsockDeviceKind],
+  [entropyDeviceKind.kind, entropyDeviceKind],
+  [balloonDeviceKind.kind, balloonDeviceKind],
+]);
+
+/**
+ * Host capabilities the device kinds draw on (each kind's `create(config, host)` declares the
+ * part it needs). Devices never touch the addon; these adapters do.
+ */
+interface MachineHost {
+  memory: GuestMemory;
+  net: NetHost;
+  vsock: VsockHost;
+  entropy: EntropyHost;
+  balloon: BalloonHost;
+  mmds?: MmdsStore;
+  links: ReadonlyMap<string, FrameSwitch | Duplex>;
+}
 
 /** A KVM_IRQ_LINE-driven interrupt line for the legacy devices. */
 class KvmIrqLine implements IrqLine {
@@ -160,8 +204,16 @@ export interface StartOptions {
   events: MachineEvents;
   /** Device kinds for `config.devices` (default {@link BUILTIN_DEVICE_KINDS}). */
   kinds?: DeviceKindRegistry;
-  /** User-supplied device instances, by the id of their `config.devices` entry (kind `'custom'`). */
+  /**
+   * Device instances built before `start()`, by the id of their `config.devices` entry: the
+   * user's own devices (kind `'custom'`) and built-in ones the builder creates early (vsock, so
+   * listeners can be registered before start).
+   */
   customDevices?: ReadonlyMap<string, VirtioDevice>;
+  /** The VM's metadata store, when it has one (`vm.mmds()`). */
+  mmds?: MmdsStore;
+  /** Link objects of NICs on in-process links, by NIC id. */
+  links?: ReadonlyMap<string, FrameSwitch | Duplex>;
 }
 
 /** What a snapshot's `machine` record holds: enough to rebuild the machine around the saved state. */
@@ -326,6 +378,7 @@ class Machine implements MachineHandle {
   private readonly dispatch: ExitDispatcher;
   private readonly quirks: cpu.HostQuirks;
   private readonly kinds: DeviceKindRegistry;
+  private hostServices: MachineHost | undefined;
   private readonly events: MachineEvents;
   private vcpus: NativeVcpu[] = [];
   private runningVcpus = 0;
@@ -392,7 +445,8 @@ class Machine implements MachineHandle {
     // Each vCPU thread filters its own system calls from its first KVM_RUN on (lib/seccomp). The
     // threads made with the VM install their filters now, while the devices are built, and wait;
     // the JavaScript thread waits for none of it.
-    const prepared = Promise.all(this.vcpus.map((v) => v.prepareStart(config.seccomp === false ? undefined : vcpuSeccompFilter({ vcpuFd: v.fd }))));
+    const overcommitPathAddress = this.opts.addon.libcStringAddress(GLIBC_OVERCOMMIT_PATH);
+    const prepared = Promise.all(this.vcpus.map((v) => v.prepareStart(config.seccomp === false ? undefined : vcpuSeccompFilter({ vcpuFd: v.fd, overcommitPathAddress }))));
     prepared.catch(() => undefined); // awaited below; a failure before then must not go unhandled
     try {
       await this.attachDevices();
@@ -441,17 +495,23 @@ class Machine implements MachineHandle {
     // collected natively into batches.
     this.vm.definePioReadCache(SERIAL_PORT_BASE, SERIAL_PORT_LEN, SERIAL_CACHE_TRANSPARENT_WRITE_MASK);
     this.vm.defineTransmitBuffer(SERIAL_THR_PORT, SERIAL_TX_BATCH_BYTES, SERIAL_TX_MAX_DELAY_MS);
+    // The POST/delay port: Linux's outb_p and guests' delay loops write it all the time.
+    this.vm.definePioSink(POST_PORT, 1);
     if (this.bootTimer) this.devices.attachMmio(this.bootTimer, BOOT_TIMER_MMIO_BASE, BOOT_TIMER_WINDOW_LEN);
     const drives: DeviceSpec[] = orderedDrives(this.config.drives).map((d) => ({ kind: blockDeviceKind.kind, id: d.id, config: d }));
     for (const spec of [...drives, ...this.config.devices]) await this.addDevice(spec);
+    // The metadata store is on no bus, but its data is state and has counters.
+    if (this.opts.mmds) this.devices.attach(this.opts.mmds);
   }
 
   private async addDevice(spec: DeviceSpec): Promise<void> {
     const instance = this.opts.customDevices?.get(spec.id);
     let device: VirtioDevice;
-    if (spec.kind === 'custom') {
-      if (!instance) throw new ConfigError('INVALID_DEVICE', `device ${spec.id} is a device of your own: pass an instance for it`);
+    if (instance) {
+      // Built before start(): the user's own device, or one the builder made early (vsock).
       device = instance;
+    } else if (spec.kind === 'custom') {
+      throw new ConfigError('INVALID_DEVICE', `device ${spec.id} is a device of your own: pass an instance for it`);
     } else {
       const kind = this.kinds.get(spec.kind);
       if (!kind) throw new ConfigError('INVALID_DEVICE', `no device kind ${spec.kind} is registered (device ${spec.id})`);
@@ -463,6 +523,8 @@ class Machine implements MachineHandle {
       await Promise.resolve().then(() => device.close()).catch(() => undefined);
       throw e;
     }
+    // Attached devices are closed by the teardown, also if starting their services fails.
+    await this.kinds.get(spec.kind)?.start?.(device, this.host());
   }
 
   /** Restores vCPUs, VM and device state from a snapshot into this freshly built machine. */
@@ -482,9 +544,18 @@ class Machine implements MachineHandle {
     this.parent = { snapshotId: state.snapshotId, layoutChecksum: state.memory.layoutChecksum };
   }
 
-  /** Host capabilities for device factories; grows as devices need native services. */
-  private host(): unknown {
-    return { memory: this.memory };
+  /** Host capabilities for device factories, made once, when the first device needs them. */
+  private host(): MachineHost {
+    this.hostServices ??= {
+      memory: this.memory,
+      net: new NativeNetHost(this.opts.addon),
+      vsock: createVsockHost(),
+      entropy: createEntropyHost(),
+      balloon: createBalloonHost(this.memory, this.opts.addon),
+      mmds: this.opts.mmds,
+      links: this.opts.links ?? new Map(),
+    };
+    return this.hostServices;
   }
 
   private flushExits(): void {
@@ -634,6 +705,14 @@ class Machine implements MachineHandle {
     if (result && result.configChanged && !this.ended) this.devices.configChanged(id);
   }
 
+  async deviceStats(id: string): Promise<unknown> {
+    const spec = this.config.devices.find((d) => d.id === id);
+    const device = this.devices.get(id);
+    const kind = spec && this.kinds.get(spec.kind);
+    if (!spec || !device || !kind?.stats) throw new ConfigError('DEVICE_NOT_FOUND', `no device ${id} with statistics`);
+    return kind.stats(device);
+  }
+
   async metrics(): Promise<Omit<VmMetrics, 'id' | 'state'>> {
     const devices = this.devices.metrics();
     const drives: VmMetrics['drives'] = {};
@@ -641,11 +720,16 @@ class Machine implements MachineHandle {
       const e = devices[d.id];
       if (e && e.transport) drives[d.id] = { ...(e.metrics as BlockMetrics), transport: e.transport };
     }
+    const nics: VmMetrics['nics'] = {};
+    for (const [id, e] of Object.entries(devices)) {
+      if (e.kind === netDeviceKind.kind && e.transport) nics[id] = { ...(e.metrics as NetMetrics), transport: e.transport };
+    }
     return {
       exits: { ...this.dispatch.counters, unmapped: this.pio.unmappedAccesses + this.mmio.unmappedAccesses },
       serial: this.serial.metrics(),
       i8042: this.i8042.metrics(),
       drives,
+      nics,
       devices,
       closeErrors: this.closeErrors,
     };

@@ -5,6 +5,7 @@
 import type { SerialMetrics } from '../devices/serial/serial';
 import type { I8042Metrics } from '../devices/i8042/i8042';
 import type { BlockMetrics } from '../devices/block/device';
+import type { NetMetrics } from '../devices/net/device';
 import type { TransportMetrics } from '../virtio/mmio';
 import type { DeviceMetricsEntry } from './device-manager';
 
@@ -33,6 +34,12 @@ export type DriveMetrics = BlockMetrics & {
   transport: TransportMetrics;
 };
 
+/** A NIC's counters: the device's (frames, bytes, drops by cause, MMDS) and its transport's. */
+export type NicMetrics = NetMetrics & {
+  /** The transport's counters. */
+  transport: TransportMetrics;
+};
+
 /** A snapshot of a VM's counters. Numbers only (and strings for ids and kinds), so it serializes as JSON. */
 export interface VmMetrics {
   /** The VM's id. */
@@ -47,6 +54,8 @@ export interface VmMetrics {
   i8042: I8042Metrics;
   /** virtio-blk devices by drive id. */
   drives: Record<string, DriveMetrics>;
+  /** virtio-net devices by NIC id. */
+  nics: Record<string, NicMetrics>;
   /** Every device of the machine by id (legacy, built-in and custom), with its kind. */
   devices: Record<string, DeviceMetricsEntry>;
   /** Devices whose close failed at teardown (details in the exit info). */

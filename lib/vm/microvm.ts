@@ -8,6 +8,20 @@ import { loadNative } from '../native/binding';
 import type { NativeAddon } from '../native/types';
 import { ConfigError, describe, checkBoolean, checkInteger, checkOneOf, checkOptionsObject } from '../config';
 import { loadSnapshot, type LoadedSnapshot, type SnapshotInfo } from '../snapshot';
+import * as fs from 'fs';
+import { checkNicOptions, checkNicUpdate, checkMmdsOptions, type FrameSwitch, type NicOptions, type NicUpdateOptions, type MmdsOptions } from '../devices/net/config';
+import { netDeviceKind, nicSpecOf, type NicSpec } from '../devices/net/kind';
+import { MmdsStore } from '../devices/net/mmds/store';
+import { checkVsockOptions, type VsockOptions } from '../devices/vsock/config';
+import { createVsockDevice, type VsockDevice, type VsockConnectOptions, type VsockListener } from '../devices/vsock/device';
+import { vsockDeviceKind } from '../devices/vsock/kind';
+import { createVsockHost } from './vsock-host';
+import { Invoker, type InvokeOptions, type InvokePayload, type InvokeResult } from '../invoke/client';
+import { checkEntropyOptions, type EntropyOptions } from '../devices/rng/config';
+import { entropyDeviceKind } from '../devices/rng/kind';
+import { checkBalloonOptions, checkBalloonUpdate, type BalloonOptions, type BalloonUpdate } from '../devices/balloon/config';
+import type { BalloonStats } from '../devices/balloon/device';
+import { balloonDeviceKind } from '../devices/balloon/kind';
 import * as cpu from '../cpu';
 import type { VirtioDevice } from '../virtio/device';
 import { checkDriveOptions, checkDriveUpdate, type DriveOptions, type DriveUpdate } from '../devices/block/config';
@@ -20,6 +34,19 @@ import { restoredConfig } from './restore-config';
 import { MAX_VIRTIO_DEVICES, announcement, virtioPlacement } from './device-manager';
 import { SerialStream } from './serial-stream';
 import type { VmMetrics } from './metrics';
+
+/** Ids of the devices every VM has (or may have) besides those the user names. */
+const RESERVED_IDS = ['serial', 'i8042', 'mmds', 'boot-timer'];
+/** Ids of the devices a VM has at most one of. */
+const VSOCK_ID = 'vsock';
+const ENTROPY_ID = 'rng';
+const BALLOON_ID = 'balloon';
+
+/** A device spec's config without its id (the validators take options, not specs). */
+function withoutId<T extends { id: string }>(c: T): Omit<T, 'id'> {
+  const { id: _id, ...rest } = c;
+  return rest;
+}
 
 /**
  * The largest guest whose memory fits the addon's single 4 GiB buffer, which snapshots (and
@@ -79,6 +106,21 @@ export interface RestoreOptions {
   }>;
   /** Instances for devices of your own (`vm.device()`), by id: fresh ones, given the saved state. */
   devices?: Record<string, VirtioDevice>;
+  /**
+   * Per-NIC overrides: another TAP (a clone needs its own), or the link object for a NIC that was
+   * on an in-process link (required: links are not saved).
+   */
+  nics?: Record<string, {
+    /** TAP interface name instead of the saved one. */
+    tap?: string;
+    /** The link (a VirtualSwitch or an objectMode Duplex) for a NIC saved on a link. */
+    link?: FrameSwitch | Duplex;
+  }>;
+  /** vsock override: another Unix socket path (two VMs cannot listen on one). */
+  vsock?: {
+    /** The Firecracker-compatible socket path instead of the saved one. */
+    udsPath?: string;
+  };
 }
 
 /** Options of {@link MicroVM.clones}. */
@@ -106,7 +148,12 @@ export interface ClonesOptions {
  */
 export class MicroVM extends EventEmitter<MicroVMEvents> {
   private readonly config: VmConfig;
+  /** Devices built before start(): the user's own, and the vsock device (listeners come early). */
   private readonly customDevices = new Map<string, VirtioDevice>();
+  /** Link objects of NICs on in-process links, by NIC id. */
+  private readonly links = new Map<string, FrameSwitch | Duplex>();
+  private mmdsStore: MmdsStore | undefined;
+  private invoker: Invoker | undefined;
   private stateValue: VmState = 'configuring';
   private handle: MachineHandle | undefined;
   private starting: Promise<void> | undefined;
@@ -219,6 +266,195 @@ export class MicroVM extends EventEmitter<MicroVMEvents> {
   }
 
   /**
+   * Adds a virtio-net NIC: on a host TAP (`{ tap: 'tap0' }`, which must exist), or on an
+   * in-process link (`{ link: new VirtualSwitch() }` or any objectMode Duplex of Ethernet frames).
+   * NICs are announced after the drives, in the order added (`eth0`, `eth1`… in a Linux guest).
+   * @throws ConfigError INVALID_NIC / INVALID_MAC / TAP_NOT_FOUND / DUPLICATE_ID /
+   *   INVALID_RATE_LIMITER / UNKNOWN_OPTION / TOO_MANY_DEVICES / INVALID_CMDLINE
+   */
+  nic(id: string, options: NicOptions): this {
+    this.configurable();
+    const config = checkNicOptions(id, options, this.config.devices.filter((d) => d.kind === netDeviceKind.kind).map((d) => d.id));
+    this.checkDeviceId(config.id);
+    const b = config.backend;
+    if (b.kind === 'tap' && !fs.existsSync(`/sys/class/net/${b.name}/tun_flags`)) {
+      throw new ConfigError('TAP_NOT_FOUND', `nic ${id}: there is no TAP interface ${b.name} (create it first, e.g. ip tuntap add ${b.name} mode tap)`);
+    }
+    const spec = { kind: netDeviceKind.kind, id: config.id, config: nicSpecOf(config) };
+    this.checkCmdlineFits({ ...this.config, devices: [...this.config.devices, spec] });
+    this.config.devices.push(spec);
+    if (b.kind === 'switch') this.links.set(config.id, b.sw);
+    if (b.kind === 'duplex') this.links.set(config.id, b.stream);
+    return this;
+  }
+
+  /**
+   * Changes a NIC's rate limits while the VM runs.
+   * @throws ConfigError DEVICE_NOT_FOUND / NOT_RUNNING / INVALID_RATE_LIMITER / UNKNOWN_OPTION
+   */
+  updateNic(id: string, update: NicUpdateOptions): Promise<void> {
+    if (!this.config.devices.some((d) => d.id === id && d.kind === netDeviceKind.kind)) {
+      throw new ConfigError('DEVICE_NOT_FOUND', `no NIC ${describe(id)}`);
+    }
+    const checked = checkNicUpdate(id, update);
+    return this.running().updateDevice(id, checked);
+  }
+
+  /**
+   * Turns on the metadata service (Firecracker's MMDS) for the guest, reachable through the NICs
+   * listed (which must have been added): HTTP on port 80 at `ipv4Address` (default
+   * 169.254.169.254), `version: 'v2'` with session tokens. Set its data with `setMetadata()`.
+   * @throws ConfigError INVALID_MMDS / UNKNOWN_OPTION
+   */
+  mmds(options: MmdsOptions): this {
+    this.configurable();
+    const nics = this.config.devices.filter((d) => d.kind === netDeviceKind.kind).map((d) => d.id);
+    const config = checkMmdsOptions(options, nics);
+    const previous = this.mmdsStore?.get();
+    this.mmdsStore = new MmdsStore(config);
+    if (previous !== undefined) this.mmdsStore.set(previous);
+    this.config.mmds = { version: config.version, ipv4Address: [...config.ipv4Address].join('.'), nics: [...config.nics], sizeLimit: config.sizeLimit };
+    return this;
+  }
+
+  private store(): MmdsStore {
+    if (!this.mmdsStore) throw new ConfigError('INVALID_MMDS', 'call mmds() before setting or reading metadata');
+    return this.mmdsStore;
+  }
+
+  /**
+   * Replaces the metadata the guest reads (any JSON value; before or after start). Over the
+   * configured size limit it throws and keeps the old data.
+   * @throws ConfigError INVALID_MMDS when mmds() was not called; MmdsError TOO_LARGE / INVALID_DATA
+   */
+  setMetadata(data: unknown): void {
+    this.store().set(data);
+  }
+
+  /**
+   * Applies an RFC 7396 JSON merge patch to the metadata.
+   * @throws ConfigError INVALID_MMDS; MmdsError TOO_LARGE / INVALID_DATA (the old data is kept)
+   */
+  updateMetadata(patch: unknown): void {
+    this.store().patch(patch);
+  }
+
+  /** The current metadata. @throws ConfigError INVALID_MMDS when mmds() was not called */
+  getMetadata(): unknown {
+    return this.store().get();
+  }
+
+  /**
+   * Adds a virtio-vsock device with guest CID `guestCid`. With `udsPath`, host programs reach
+   * guest ports through that Unix socket as with Firecracker (`CONNECT <port>\n`), and guest
+   * connections to host port P go to `<udsPath>_<P>`. Listeners (`vsockListen`) may be added
+   * before `start()`.
+   * @throws ConfigError INVALID_VSOCK / DUPLICATE_ID / UNKNOWN_OPTION / TOO_MANY_DEVICES
+   */
+  vsock(options: VsockOptions): this {
+    this.configurable();
+    const config = checkVsockOptions(options);
+    this.checkDeviceId(VSOCK_ID);
+    const spec = { kind: vsockDeviceKind.kind, id: VSOCK_ID, config: { ...config, id: VSOCK_ID } };
+    this.checkCmdlineFits({ ...this.config, devices: [...this.config.devices, spec] });
+    this.config.devices.push(spec);
+    this.customDevices.set(VSOCK_ID, createVsockDevice(spec.config, createVsockHost()));
+    return this;
+  }
+
+  private vsockDevice(): VsockDevice {
+    const d = this.customDevices.get(VSOCK_ID) as VsockDevice | undefined;
+    if (!d) throw new ConfigError('DEVICE_NOT_FOUND', 'this VM has no vsock device: call vsock() before start()');
+    return d;
+  }
+
+  /**
+   * Connects to a guest listener on vsock `port`; resolves with a Duplex (its `end()` half-closes:
+   * the guest's answer can still be read).
+   * @throws ConfigError DEVICE_NOT_FOUND / NOT_RUNNING; rejects with VsockError when the guest
+   *   has no listener there (CONNECTION_REFUSED) or does not answer
+   */
+  async vsockConnect(port: number, options?: VsockConnectOptions): Promise<Duplex> {
+    const device = this.vsockDevice();
+    this.running();
+    return device.connect(port, options);
+  }
+
+  /**
+   * Accepts guest connections to host CID 2, `port`; `handler` gets one Duplex per connection.
+   * May be called before `start()`. Returns a handle whose `close()` stops listening.
+   * @throws ConfigError DEVICE_NOT_FOUND; VsockError when the port is taken
+   */
+  vsockListen(port: number, handler: (socket: Duplex) => void): VsockListener {
+    return this.vsockDevice().listen(port, handler);
+  }
+
+  /**
+   * One request to a guest agent and its answer, over vsock (see docs/invoke-protocol.md): a
+   * Buffer or string is sent as bytes, anything else as JSON; resolves with the answer in the
+   * same form. Connections are reused between calls.
+   * @throws ConfigError DEVICE_NOT_FOUND / NOT_RUNNING; rejects with InvokeError (TIMEOUT,
+   *   AGENT_CLOSED, TOO_LARGE, CONNECT_FAILED, AGENT_ERROR…)
+   */
+  async invoke(payload: InvokePayload, options: InvokeOptions = {}): Promise<InvokeResult> {
+    const device = this.vsockDevice();
+    this.running();
+    this.invoker ??= new Invoker((port) => device.connect(port));
+    return this.invoker.invoke(payload, options);
+  }
+
+  /**
+   * Adds a virtio-rng device: the guest's `/dev/hwrng` draws from the host's CSPRNG, optionally
+   * rate-limited (bytes and requests).
+   * @throws ConfigError INVALID_ENTROPY / INVALID_RATE_LIMITER / DUPLICATE_ID / UNKNOWN_OPTION
+   */
+  entropy(options: EntropyOptions = {}): this {
+    this.configurable();
+    const config = checkEntropyOptions(options);
+    this.checkDeviceId(ENTROPY_ID);
+    const spec = { kind: entropyDeviceKind.kind, id: ENTROPY_ID, config: { ...config, id: ENTROPY_ID } };
+    this.checkCmdlineFits({ ...this.config, devices: [...this.config.devices, spec] });
+    this.config.devices.push(spec);
+    return this;
+  }
+
+  /**
+   * Adds a virtio-balloon device: `amountMib` is how much guest memory the host wants back;
+   * pages the guest gives up are released to the host (madvise). `statsPollingIntervalS` > 0
+   * enables guest statistics (`balloonStats()`), `freePageReporting` returns freed pages without
+   * a target.
+   * @throws ConfigError INVALID_BALLOON / DUPLICATE_ID / UNKNOWN_OPTION
+   */
+  balloon(options: BalloonOptions): this {
+    this.configurable();
+    const config = checkBalloonOptions(options);
+    this.checkDeviceId(BALLOON_ID);
+    const spec = { kind: balloonDeviceKind.kind, id: BALLOON_ID, config: { ...config, id: BALLOON_ID } };
+    this.checkCmdlineFits({ ...this.config, devices: [...this.config.devices, spec] });
+    this.config.devices.push(spec);
+    return this;
+  }
+
+  /**
+   * Changes the balloon's target (and/or statistics interval) while the VM runs.
+   * @throws ConfigError DEVICE_NOT_FOUND / NOT_RUNNING / INVALID_BALLOON; BalloonError BAD_UPDATE
+   */
+  updateBalloon(update: BalloonUpdate): Promise<void> {
+    if (!this.config.devices.some((d) => d.id === BALLOON_ID)) throw new ConfigError('DEVICE_NOT_FOUND', 'this VM has no balloon');
+    const checked = checkBalloonUpdate(update);
+    return this.running().updateDevice(BALLOON_ID, checked);
+  }
+
+  /**
+   * The balloon's target and actual size and the guest's latest statistics.
+   * @throws ConfigError DEVICE_NOT_FOUND / NOT_RUNNING
+   */
+  async balloonStats(): Promise<BalloonStats> {
+    if (!this.config.devices.some((d) => d.id === BALLOON_ID)) throw new ConfigError('DEVICE_NOT_FOUND', 'this VM has no balloon');
+    return (await this.running().deviceStats(BALLOON_ID)) as BalloonStats;
+  }
+
+  /**
    * Tracks the pages the guest and the devices write (KVM dirty logging), so that
    * `snapshot(dir, { type: 'diff' })` can write only those. Costs a little on every guest write.
    * @throws ConfigError INVALID_OPTION
@@ -246,7 +482,7 @@ export class MicroVM extends EventEmitter<MicroVMEvents> {
   }
 
   private checkDeviceId(id: string): void {
-    if (this.config.drives.some((d) => d.id === id) || this.config.devices.some((d) => d.id === id) || id === 'serial' || id === 'i8042') {
+    if (this.config.drives.some((d) => d.id === id) || this.config.devices.some((d) => d.id === id) || RESERVED_IDS.includes(id)) {
       throw new ConfigError('DUPLICATE_ID', `a device with id ${id} is already configured`);
     }
   }
@@ -316,7 +552,7 @@ export class MicroVM extends EventEmitter<MicroVMEvents> {
       const addon = this.addonLoader();
       this.handle = launch
         ? await launch(events, addon)
-        : await startMachine(this.config, { addon, customDevices: this.customDevices, events });
+        : await startMachine(this.config, { addon, customDevices: this.customDevices, events, mmds: this.mmdsStore, links: this.links });
     } catch (e) {
       this.onExited({ reason: 'error', message: (e as Error).message }, false);
       throw e;
@@ -381,6 +617,24 @@ export class MicroVM extends EventEmitter<MicroVMEvents> {
     return vms;
   }
 
+  /**
+   * For a VM rebuilt from a saved configuration: the objects the builder methods would have made
+   * (the vsock device, the metadata store). Their state comes from the snapshot.
+   */
+  private rebuildServices(): void {
+    const vsock = this.config.devices.find((d) => d.kind === vsockDeviceKind.kind);
+    if (vsock) this.customDevices.set(vsock.id, createVsockDevice(checkVsockOptions(withoutId(vsock.config)), createVsockHost()));
+    if (this.config.mmds) {
+      const nics = this.config.devices.filter((d) => d.kind === netDeviceKind.kind).map((d) => d.id);
+      this.mmdsStore = new MmdsStore(checkMmdsOptions(this.config.mmds, nics));
+    }
+    for (const d of this.config.devices) {
+      if (d.kind === netDeviceKind.kind && (d.config as NicSpec).link && !this.links.has(d.id)) {
+        throw new ConfigError('INVALID_NIC', `nic ${d.id} was on an in-process link: pass one in restore options nics.${d.id}.link`);
+      }
+    }
+  }
+
   private static async restoreLoaded(snap: LoadedSnapshot, options: RestoreOptions): Promise<MicroVM> {
     return (await MicroVM.restoreLoadedHeld(snap, options, false)).vm;
   }
@@ -390,18 +644,21 @@ export class MicroVM extends EventEmitter<MicroVMEvents> {
    * tells whether the caller should let it run ({@link MicroVM.resumeHeld}).
    */
   private static async restoreLoadedHeld(snap: LoadedSnapshot, options: RestoreOptions, hold = true): Promise<{ vm: MicroVM; resume: boolean }> {
-    const o = checkOptionsObject(options, ['id', 'resume', 'memory', 'drives', 'devices'], 'restore options', 'INVALID_OPTION');
+    const o = checkOptionsObject(options, ['id', 'resume', 'memory', 'drives', 'devices', 'nics', 'vsock'], 'restore options', 'INVALID_OPTION');
     const resume = checkBoolean(o.resume, 'restore resume', 'INVALID_OPTION', true);
     const paused = !resume || hold;
     const memory = checkOneOf(o.memory, 'restore memory', 'INVALID_OPTION', ['map', 'copy'] as const, 'map');
     const saved = machineConfigOf(snap).config;
     const vm = new MicroVM({ ...(o.id !== undefined ? { id: o.id as string } : {}), kvmPath: saved.kvmPath, hostQuirks: saved.hostQuirks, seccomp: saved.seccomp !== false });
     // The saved configuration, checked again as any input, with this VM's host resources.
-    const config = restoredConfig(saved, vm.config.id, o.drives, o.devices, vm.customDevices);
+    const config = restoredConfig(saved, vm.config.id, { drives: o.drives, devices: o.devices, nics: o.nics, vsock: o.vsock }, vm.customDevices, vm.links);
     Object.assign(vm.config, config);
     vm.stateValue = 'starting';
+    vm.rebuildServices();
     vm.starting = vm.doStart(
-      (events, addon) => restoreMachine(snap, vm.config, { addon, events, customDevices: vm.customDevices, memory, paused }),
+      (events, addon) => restoreMachine(snap, vm.config, {
+        addon, events, customDevices: vm.customDevices, mmds: vm.mmdsStore, links: vm.links, memory, paused,
+      }),
       paused,
     );
     await vm.starting;
@@ -417,6 +674,7 @@ export class MicroVM extends EventEmitter<MicroVMEvents> {
 
   private onExited(info: ExitInfo, emit = true): void {
     if (this.stateValue === 'exited') return;
+    this.invoker?.close();
     this.stateValue = 'exited';
     this.exitInfo = info;
     this.serialStream?.vmEnded();
@@ -437,6 +695,8 @@ export class MicroVM extends EventEmitter<MicroVMEvents> {
   async stop(): Promise<ExitInfo> {
     if (this.stateValue === 'configuring') {
       this.onExited({ reason: 'stopped' }, false);
+      // Devices the builder made early (vsock) hold nothing yet but timers; close them all the same.
+      await Promise.allSettled([...this.customDevices.values()].map((d) => Promise.resolve().then(() => d.close())));
       return this.exitPromise;
     }
     if (this.stateValue === 'starting') {
@@ -540,6 +800,7 @@ function emptyMetrics(): Omit<VmMetrics, 'id' | 'state'> {
     serial,
     i8042,
     drives: {},
+    nics: {},
     devices: {},
     closeErrors: 0,
   };

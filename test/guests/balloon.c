@@ -189,8 +189,10 @@ void kt_main(void)
 	}
 
 	if (arg_num("balloon.wait_target", 0)) {
-		kt_printf("KT: balloon waiting_for_target\n");
+		/* The generation is read before the host is told to change the target: a change that
+		 * comes in before the loop below starts still differs from it. */
 		uint32_t gen = vdev_read(&d, VIRTIO_MMIO_CONFIG_GENERATION);
+		kt_printf("KT: balloon waiting_for_target\n");
 		unsigned long w;
 		for (w = 0; w < max_wait; w++) {
 			if (vdev_read(&d, VIRTIO_MMIO_CONFIG_GENERATION) != gen)

@@ -55,5 +55,13 @@ void kt_main(void)
 		uart_puts("no MP table found\n");
 	kt_printf("cpus: %u\n", mp.ncpus);
 	kt_printf("KT: cpus=%u\n", mp.ncpus);
+
+	/* boot_timer=1: signal boot completion as a Linux init written for Firecracker does, one
+	 * byte 123 at the boot timer's address (Firecracker's --boot-timer device). */
+	char bt[4] = "";
+	if (kt_cmdline_get("boot_timer", bt, sizeof(bt)) > 0 && bt[0] == '1') {
+		*(volatile uint8_t *)(uintptr_t)0xd0000000ull = 123;
+		kt_printf("KT: boot_timer=signalled\n");
+	}
 	kt_done();
 }

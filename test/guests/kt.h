@@ -159,6 +159,31 @@ static inline void kt_wait_for_interrupt(void)
 	__asm__ __volatile__("sti; hlt; cli" ::: "memory", "cc");
 }
 
+/* ---- 8259 PIC and LAPIC virtual-wire mode ---------------------------- */
+#define PIC1_CMD 0x20
+#define PIC1_DATA 0x21
+#define PIC2_CMD 0xA0
+#define PIC2_DATA 0xA1
+#define PIC_EOI 0x20
+#define PIC1_VECTOR 0x20 /* IRQ 0-7 */
+#define PIC2_VECTOR 0x28 /* IRQ 8-15 */
+#define PIC_CASCADE_IRQ 2
+#define PIC_SPURIOUS_IRQ 7
+#define LAPIC_BASE 0xFEE00000ull
+#define LAPIC_SPURIOUS_VECTOR 0xFF
+
+/* Remaps both PICs to PIC1_VECTOR/PIC2_VECTOR (edge-triggered) with only
+ * IRQ `irq` (0-15) unmasked, the cascade too when it is on the slave. */
+void kt_pic_init(unsigned irq);
+/* End of interrupt for `irq` (0-15) at the PIC(s). */
+void kt_pic_eoi(unsigned irq);
+/*
+ * KVM hands PIC interrupts to a hardware-enabled LAPIC only through an
+ * unmasked ExtINT LINT0 (virtual-wire mode). LVT writes are forced masked
+ * while the APIC is software-disabled, so this enables it first.
+ */
+void kt_lapic_virtual_wire(void);
+
 /* Delay measured in VM exits (reads of the UART's LSR), so it scales with
  * the host's exit cost rather than with instruction speed. */
 void kt_io_delay(unsigned n);

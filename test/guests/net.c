@@ -57,7 +57,7 @@ static uint8_t txbuf[BUF_SIZE] __attribute__((aligned(64)));
 static uint64_t base;
 static uint8_t my_mac[6];
 static uint32_t my_ip, peer_ip, mmds_ip;
-static uint32_t rx_frames, tx_frames, arp_answered;
+static uint32_t rx_frames, tx_frames, arp_answered, echo_answered;
 
 /* ---- byte order and checksums ---------------------------------------- */
 
@@ -290,18 +290,6 @@ static int send_arp(uint16_t op, const uint8_t *tha, uint32_t tpa)
 	return tx(ETH_HLEN + 28);
 }
 
-/* Handles frames nobody waits for: answers ARP requests for our address. */
-static void background(const uint8_t *f, unsigned len)
-{
-	if (len >= ETH_HLEN + 28 && get16(f + 12) == ETHERTYPE_ARP && get16(f + 20) == 1 && get32(f + 38) == my_ip) {
-		uint8_t sha[6];
-		memcpy(sha, f + 22, 6);
-		uint32_t spa = get32(f + 28);
-		arp_answered++;
-		send_arp(2, sha, spa);
-	}
-}
-
 static uint8_t *ipv4(const uint8_t *dst_mac, uint32_t dst, uint8_t proto, unsigned payload)
 {
 	static uint16_t id = 1;
@@ -336,13 +324,63 @@ static const uint8_t *ipv4_in(const uint8_t *f, unsigned len, uint8_t *proto, ui
 	return ip + ihl;
 }
 
+/*
+ * Handles frames nobody waits for: answers ARP requests for our address and ICMP echo requests
+ * to it (so that another guest can ping this one).
+ */
+static void background(const uint8_t *f, unsigned len)
+{
+	if (len >= ETH_HLEN + 28 && get16(f + 12) == ETHERTYPE_ARP && get16(f + 20) == 1 && get32(f + 38) == my_ip) {
+		uint8_t sha[6];
+		memcpy(sha, f + 22, 6);
+		uint32_t spa = get32(f + 28);
+		arp_answered++;
+		send_arp(2, sha, spa);
+		return;
+	}
+	unsigned plen;
+	uint8_t proto;
+	uint32_t src;
+	const uint8_t *p = ipv4_in(f, len, &proto, &src, &plen);
+	/* An echo request (type 8) with a valid checksum, small enough for one transmit buffer. */
+	if (!p || proto != IPPROTO_ICMP || plen < 8 || plen > 1024 || p[0] != 8 || fold(sum16(p, plen, 0)) != 0)
+		return;
+	uint8_t smac[6];
+	memcpy(smac, f + 6, 6);
+	uint8_t *ic = ipv4(smac, src, IPPROTO_ICMP, plen);
+	memcpy(ic, p, plen);
+	ic[0] = 0; /* echo reply: same id, sequence and data */
+	put16(ic + 2, 0);
+	put16(ic + 2, fold(sum16(ic, plen, 0)));
+	echo_answered++;
+	tx(ETH_HLEN + 20 + plen);
+}
+
+/* Serves ARP and echo requests for `polls` polls (net.linger): a peer may still be pinging us. */
+static void linger(unsigned polls)
+{
+	for (unsigned i = 0; i < polls; i++) {
+		unsigned len;
+		uint16_t id;
+		const uint8_t *f = rx_peek(&len, &id);
+		if (!f) {
+			kt_io_delay(1);
+			continue;
+		}
+		background(f, len);
+		rx_done(id);
+	}
+}
+
 /* Resolves ip's MAC into mac; returns 0 on timeout. */
 static int arp_resolve(uint32_t ip, uint8_t *mac)
 {
-	for (int attempt = 0; attempt < 3; attempt++) {
+	/* A request every MAX_POLLS / 10 polls: a peer that was not up for the first one (a NIC
+	 * drops frames before its driver is ready) answers a later one soon after it comes up. */
+	for (int attempt = 0; attempt < 30; attempt++) {
 		if (!send_arp(1, 0, ip))
 			return 0;
-		for (unsigned i = 0; i < MAX_POLLS; i++) {
+		for (unsigned i = 0; i < MAX_POLLS / 10; i++) {
 			unsigned len;
 			uint16_t id;
 			const uint8_t *f = rx_peek(&len, &id);
@@ -391,7 +429,7 @@ static int ping(const uint8_t *mac, uint16_t seq)
 		int hit = p && proto == IPPROTO_ICMP && src == peer_ip && plen >= 8 && p[0] == 0 && get16(p + 4) == 0x6b74 &&
 			  get16(p + 6) == seq && fold(sum16(p, plen, 0)) == 0;
 		int ttl = hit ? f[ETH_HLEN + 8] : 0;
-		if (!p)
+		if (!hit)
 			background(f, len);
 		rx_done(id);
 		if (hit)
@@ -674,7 +712,14 @@ void kt_main(void)
 			}
 		}
 	}
-	kt_printf("KT: net0 rx_frames=%u tx_frames=%u arp_answered=%u\n", rx_frames, tx_frames, arp_answered);
+	char lingerv[16] = "";
+	if (kt_cmdline_get("net.linger", lingerv, sizeof(lingerv)) > 0) {
+		unsigned polls = 0;
+		for (const char *c = lingerv; *c >= '0' && *c <= '9'; c++)
+			polls = polls * 10 + (unsigned)(*c - '0');
+		linger(polls);
+	}
+	kt_printf("KT: net0 rx_frames=%u tx_frames=%u arp_answered=%u echo_answered=%u\n", rx_frames, tx_frames, arp_answered, echo_answered);
 	mmio_write32(base + VIRTIO_MMIO_STATUS, 0);
 	kt_done();
 }

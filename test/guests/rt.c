@@ -532,6 +532,48 @@ void kt_isr_dispatch(struct kt_frame *f)
 	kt_reset();
 }
 
+/* ---- 8259 PIC and LAPIC ------------------------------------------------ */
+
+#define PIC_ICW1_INIT_ICW4 0x11 /* edge, cascade, ICW4 follows */
+#define PIC_ICW4_8086 0x01
+#define LAPIC_SVR 0x0F0
+#define LAPIC_LVT_LINT0 0x350
+#define LAPIC_LVT_LINT1 0x360
+#define LAPIC_SVR_ENABLE 0x100
+#define LAPIC_DM_EXTINT 0x700
+#define LAPIC_DM_NMI 0x400
+
+void kt_pic_init(unsigned irq)
+{
+	uint16_t unmasked = (uint16_t)(1u << irq);
+	if (irq >= 8)
+		unmasked |= 1u << PIC_CASCADE_IRQ;
+	outb(PIC1_CMD, PIC_ICW1_INIT_ICW4);
+	outb(PIC2_CMD, PIC_ICW1_INIT_ICW4);
+	outb(PIC1_DATA, PIC1_VECTOR);
+	outb(PIC2_DATA, PIC2_VECTOR);
+	outb(PIC1_DATA, 1 << PIC_CASCADE_IRQ); /* slave on IRQ2 */
+	outb(PIC2_DATA, PIC_CASCADE_IRQ);      /* slave identity */
+	outb(PIC1_DATA, PIC_ICW4_8086);
+	outb(PIC2_DATA, PIC_ICW4_8086);
+	outb(PIC1_DATA, (uint8_t)~unmasked);
+	outb(PIC2_DATA, (uint8_t)~(unmasked >> 8));
+}
+
+void kt_pic_eoi(unsigned irq)
+{
+	if (irq >= 8)
+		outb(PIC2_CMD, PIC_EOI);
+	outb(PIC1_CMD, PIC_EOI);
+}
+
+void kt_lapic_virtual_wire(void)
+{
+	mmio_write32(LAPIC_BASE + LAPIC_SVR, LAPIC_SVR_ENABLE | LAPIC_SPURIOUS_VECTOR);
+	mmio_write32(LAPIC_BASE + LAPIC_LVT_LINT0, LAPIC_DM_EXTINT);
+	mmio_write32(LAPIC_BASE + LAPIC_LVT_LINT1, LAPIC_DM_NMI);
+}
+
 /* ---- delays and ending ------------------------------------------------ */
 
 void kt_io_delay(unsigned n)

@@ -48,8 +48,8 @@ static const char *fail(struct vdev *d, const char *why)
 	return why;
 }
 
-const char *vdev_init(struct vdev *d, uint64_t base, uint32_t irq, uint64_t wanted,
-		      struct vq_mem *vq)
+const char *vdev_setup(struct vdev *d, uint64_t base, uint32_t irq, uint64_t wanted,
+		       struct vq_mem *vq)
 {
 	memset(d, 0, sizeof(*d));
 	d->base = base;
@@ -103,12 +103,23 @@ const char *vdev_init(struct vdev *d, uint64_t base, uint32_t irq, uint64_t want
 	vdev_write(d, VIRTIO_MMIO_QUEUE_DEVICE_LOW, (uint32_t)used);
 	vdev_write(d, VIRTIO_MMIO_QUEUE_DEVICE_HIGH, (uint32_t)(used >> 32));
 	vdev_write(d, VIRTIO_MMIO_QUEUE_READY, 1);
+	return 0;
+}
 
+const char *vdev_driver_ok(struct vdev *d)
+{
 	set_status(d, VIRTIO_STATUS_DRIVER_OK);
 	uint32_t st = vdev_status(d);
 	if (st & (VIRTIO_STATUS_DEVICE_NEEDS_RESET | VIRTIO_STATUS_FAILED))
 		return "device failed at DRIVER_OK";
 	return 0;
+}
+
+const char *vdev_init(struct vdev *d, uint64_t base, uint32_t irq, uint64_t wanted,
+		      struct vq_mem *vq)
+{
+	const char *err = vdev_setup(d, base, irq, wanted, vq);
+	return err ? err : vdev_driver_ok(d);
 }
 
 int vdev_run_raw(struct vdev *d, uint16_t head, uint16_t advance, uint32_t *len,

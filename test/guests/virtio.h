@@ -130,6 +130,13 @@ int vdev_probe(uint64_t base);
 const char *vdev_init(struct vdev *d, uint64_t base, uint32_t irq, uint64_t wanted,
 		      struct vq_mem *vq);
 
+/* vdev_init split in two: everything up to and including QueueReady, then
+ * DRIVER_OK (for a driver that reads the configuration in between, as
+ * Linux's virtio-blk does). */
+const char *vdev_setup(struct vdev *d, uint64_t base, uint32_t irq, uint64_t wanted,
+		       struct vq_mem *vq);
+const char *vdev_driver_ok(struct vdev *d);
+
 /* Writes 0 to Status and waits (bounded) for it to read back 0. */
 int vdev_reset(struct vdev *d);
 

@@ -70,3 +70,19 @@ describeKvm('devices on KVM', () => {
     expect(info.closeErrors).toEqual([{ id: 'bad0', error: 'no' }]);
   });
 });
+
+describeKvm('boot timer on KVM', () => {
+  it("reports the guest's boot-complete signal at Firecracker's address, with virtio devices one page up", async () => {
+    const vm = new MicroVM().memory(32).kernel(guest('hello'), { cmdline: 'console=ttyS0 boot_timer=1' })
+      .bootTimer().device(new RamDisk('ram0', Buffer.alloc(8 * SECTOR)));
+    const done: number[] = [];
+    vm.on('bootDone', (ms) => done.push(ms));
+    const { output, info } = await run(vm);
+    expect(info.reason).toBe('reset');
+    expect(parseKt(output).lines).toContain('boot_timer=signalled');
+    expect(done).toHaveLength(1);
+    expect(done[0]).toBeGreaterThan(0);
+    expect(vm.cmdline).toContain('virtio_mmio.device=4K@0xd0001000:5');
+    expect(((await vm.metrics()).devices['boot-timer'].metrics as { signals: number }).signals).toBe(1);
+  });
+});

@@ -7,6 +7,7 @@ import * as fs from 'fs';
 import { MicroVM } from '../../lib/vm/microvm';
 import type { ExitInfo } from '../../lib/vm/machine';
 import { isKvmAvailable } from '../../lib/native/binding';
+import { parseGuestOutput } from '../../lib/testing/guests';
 
 /** Folder of the built guests (`make -C test/guests`). */
 export const GUEST_DIR = path.join(__dirname, '..', 'guests', 'out');
@@ -58,17 +59,9 @@ export interface GuestRun {
   lines: string[];
 }
 
-/** Parses the guest's serial protocol. */
+/** Parses the guest's serial protocol (the same parser `kindling/testing` ships). */
 export function parseKt(output: string): { kv: Map<string, string>; lines: string[] } {
-  const kv = new Map<string, string>();
-  const lines: string[] = [];
-  for (const raw of output.split(/\r?\n/)) {
-    const m = /^KT: (.*)$/.exec(raw.trim());
-    if (!m) continue;
-    lines.push(m[1]);
-    const eq = /^([A-Za-z0-9_ ]+?)=(.*)$/.exec(m[1]);
-    if (eq) kv.set(eq[1], eq[2]);
-  }
+  const { kv, lines } = parseGuestOutput(output);
   return { kv, lines };
 }
 

@@ -394,6 +394,26 @@ describe('exit queue', () => {
     vm.close();
   });
 
+  it('a PIO sink drops writes and answers reads with all-ones on the vCPU thread', async () => {
+    const vm = hooks.createVm();
+    const rec = recorder({ onIo: () => 0x12 });
+    vm.setExitHandlers(rec.handlers);
+    vm.definePioSink(0x80, 1);
+    expect(() => vm.definePioSink(0xffff, 2)).toThrow(expect.objectContaining({ name: 'RangeError' }));
+    hooks.startScript(vm, 0, [
+      ['w', ExitKind.PioWrite, 0x80, 1, 0x55], // dropped: no record
+      ['r', ExitKind.PioRead, 0x80, 1], // 0xff from the vCPU thread
+      ['r', ExitKind.PioRead, 0x80, 2], // 0xffff
+      ['w', ExitKind.PioWrite, 0x81, 1, 0x66], // not in the sink: a record
+      ['r', ExitKind.PioRead, 0x81, 1], // the handler: 0x12
+    ]);
+    await rec.allStopped(1);
+    vm.stopVcpus();
+    expect(rec.io.map((r) => [r.kind, r.addr])).toEqual([[ExitKind.PioWrite, 0x81], [ExitKind.PioRead, 0x81]]);
+    expect(hooks.scriptResults(vm, 0)).toEqual([0xff, 0xffff, 0x12]);
+    vm.close();
+  });
+
   it('stopVcpus() from inside a read handler cancels the wait (all-ones) and does not deadlock', async () => {
     const vm = hooks.createVm();
     const rec = recorder({

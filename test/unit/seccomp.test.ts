@@ -314,6 +314,19 @@ describe('compiled programs in the kernel', () => {
     });
   });
 
+  it("refuses glibc's one open of /proc/sys/vm/overcommit_memory with EACCES, and kills any other open", () => {
+    const address = loadNative().libcStringAddress('/proc/sys/vm/overcommit_memory');
+    expect(typeof address).toBe('bigint');
+    const filter = vcpuSeccompFilter({ vcpuFd: 999, overcommitPathAddress: address });
+    const O_RDONLY_CLOEXEC = 0x80000;
+    // The forked child shares libc's mapping, so the pointer is libc's own string there too.
+    const s = SYSCALLS;
+    expect(hooks.seccompRun(filter, [s.openat, AT_FDCWD, address!, O_RDONLY_CLOEXEC])).toEqual({ returned: true, value: -13, signal: null, exitCode: 0 });
+    const killed = { returned: false, value: null, signal: SIGSYS, exitCode: null };
+    expect(hooks.seccompRun(filter, [s.openat, AT_FDCWD, address! + 1n, O_RDONLY_CLOEXEC])).toEqual(killed);
+    expect(hooks.seccompRun(filter, [s.openat, AT_FDCWD, 0, O_RDONLY_CLOEXEC])).toEqual(killed);
+  });
+
   it('a program the kernel refuses is an error, not a silent no-filter', () => {
     const noReturn = new Uint8Array(8); // ld [nr] (code 0x20 patched below) and no return
     noReturn[0] = 0x20;

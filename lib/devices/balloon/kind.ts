@@ -6,20 +6,20 @@ import type { DeviceKind } from '../contract';
 import type { BalloonConfig, BalloonUpdate } from './config';
 import { createBalloonDevice, type BalloonDevice } from './device';
 import type { BalloonHost } from './host';
+import type { GuestMemory } from '../../memory/guest-memory';
 
-/** A balloon's configuration with its id and the guest's memory size. */
+/** A balloon's configuration with its id. */
 export interface BalloonSpec extends BalloonConfig {
   /** Always `'balloon'`: one per VM. */
   id: string;
-  /** Guest memory in MiB (targets above it are refused). */
-  guestMemoryMib: number;
 }
 
 /** The virtio-balloon device kind. */
-export const balloonDeviceKind: DeviceKind<BalloonSpec, BalloonDevice, { balloon: BalloonHost }, BalloonUpdate> = {
+export const balloonDeviceKind: DeviceKind<BalloonSpec, BalloonDevice, { balloon: BalloonHost; memory: GuestMemory }, BalloonUpdate> = {
   kind: 'virtio-balloon',
   async create(spec, host) {
-    return createBalloonDevice(spec, host.balloon);
+    // Targets larger than the guest's memory are refused.
+    return createBalloonDevice({ ...spec, guestMemoryMib: Math.floor(host.memory.totalSize / (1024 * 1024)) }, host.balloon);
   },
   async update(device, spec, update) {
     device.update(update);

@@ -672,12 +672,15 @@ export class BlockDevice implements VirtioDevice<BlockMetrics> {
 
   /**
    * Resolves once no backend operation is in flight (every request popped so far has completed
-   * or been dropped): what a pause waits for before a snapshot, so that drive contents and guest
-   * memory agree. Requests still throttled stay in the avail ring and are not waited for.
+   * or been dropped) and the backend has been flushed: what a snapshot waits for, so that drive
+   * contents and guest memory agree. Requests still throttled stay in the avail ring and are not
+   * waited for. Rejects when the flush fails.
    */
-  drain(): Promise<void> {
-    if (this.counters.inFlight === 0) return Promise.resolve();
-    return new Promise((resolve) => this.drainWaiters.push(resolve));
+  async drain(): Promise<void> {
+    if (this.counters.inFlight > 0) await new Promise<void>((resolve) => this.drainWaiters.push(resolve));
+    // The drive's contents are the user's from here: what the guest wrote is on disk (fdatasync),
+    // whatever the cache policy the guest was offered.
+    if (!this.readOnly && !this.closed) await call(() => this.backendRef.flush());
   }
 
   /**

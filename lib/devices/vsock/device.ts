@@ -142,7 +142,7 @@ export const VSOCK_DEFAULT_CONNECT_TIMEOUT_MS = 5000;
 /** Largest host data one restored connection may carry (its pending write). */
 const MAX_RESTORED_TX_BYTES = 64 * 1024 * 1024;
 
-/** Options of {@link VsockDevice.connect}. */
+/** Options of a vsock connect (`vm.vsockConnect()`). */
 export interface VsockConnectOptions {
   /** How long to wait for the guest's RESPONSE, in ms (default 5000). */
   timeoutMs?: number;
@@ -151,7 +151,7 @@ export interface VsockConnectOptions {
 /** Called with each accepted guest connection. */
 export type VsockConnectionHandler = (socket: VsockSocket) => void;
 
-/** A registered listener; see {@link VsockDevice.listen}. */
+/** A registered vsock listener (`vm.vsockListen()`); `close()` stops listening. */
 export interface VsockListener {
   /** The host port listened on. */
   readonly port: number;

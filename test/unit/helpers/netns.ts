@@ -1,4 +1,5 @@
 import { execFileSync, spawnSync } from 'child_process';
+import { existsSync } from 'fs';
 
 /**
  * A network namespace with one TAP inside, for tests and benchmarks that exchange frames with the
@@ -16,6 +17,7 @@ export class NetnsTap {
     if (typeof process.getuid !== 'function' || process.getuid() !== 0) return 'not root (creating network namespaces and TAPs needs CAP_NET_ADMIN)';
     const ip = spawnSync('ip', ['-V'], { encoding: 'utf8' });
     if (ip.error || ip.status !== 0) return '`ip` (iproute2) is missing';
+    if (!existsSync('/dev/net/tun')) return 'no /dev/net/tun (the tun module is not loaded)';
     return null;
   }
 
