@@ -1,61 +1,92 @@
-// Host memory per VM: RSS of this process with 1, 10 and 50 idle small VMs (the echo test guest,
-// waiting for input with its vCPU halted), minus the guest RAM they touched (measured from the
-// guest's own footprint: pages of the mapping that are resident, via /proc/self/smaps).
+// Host memory per VM: RSS of this process with 1, 10, 50 and 500 idle 32 MiB VMs (the echo test
+// guest, waiting for input with its vCPU halted), minus the guest RAM they touched (pages of the
+// guest mappings that are resident, from the same /proc/self/smaps snapshot). Against the C
+// baseline (bench/baseline): the same guest in one process per VM, RSS of each process minus its
+// guest RAM, the same way.
+//
+//   KINDLING_BENCH_DENSITY  comma-separated VM counts (default 1,10,50,500)
 'use strict';
 const path = require('path');
-const fs = require('fs');
 const { MicroVM } = require('kindling');
+const baseline = require('./baseline');
 
 const GUEST = path.join(__dirname, '../test/guests/out/echo.elf');
+const MEM_MIB = 32;
+const GUEST_BYTES = MEM_MIB * 1024 * 1024;
+const COUNTS = (process.env.KINDLING_BENCH_DENSITY || '1,10,50,500').split(',').map(Number);
+/** VMs started at once while filling the process (a start burst, not one by one). */
+const START_BATCH = 50;
 
-/**
- * Resident bytes from one read of /proc/self/smaps: all mappings, and those of exactly the guest
- * memory size (the guests' RAM). Both from the same instant, so their difference is the host's.
- */
-function resident(guestSizeBytes) {
-  const smaps = fs.readFileSync('/proc/self/smaps', 'utf8').split('\n');
-  let total = 0;
-  let guest = 0;
-  let isGuest = false;
-  for (const line of smaps) {
-    const m = /^([0-9a-f]+)-([0-9a-f]+) /.exec(line);
-    if (m) {
-      isGuest = parseInt(m[2], 16) - parseInt(m[1], 16) === guestSizeBytes;
-      continue;
-    }
-    const r = /^Rss:\s+(\d+) kB/.exec(line);
-    if (!r) continue;
-    total += Number(r[1]) * 1024;
-    if (isGuest) guest += Number(r[1]) * 1024;
-  }
-  return { total, guest };
+async function startIdle(i) {
+  const vm = new MicroVM({ id: `idle-${i}` }).memory(MEM_MIB).kernel(GUEST);
+  let out = '';
+  const ready = new Promise((resolve) => {
+    const onSerial = (c) => {
+      out += c.toString('latin1');
+      if (out.includes('KT: READY')) {
+        vm.off('serial', onSerial);
+        resolve();
+      }
+    };
+    vm.on('serial', onSerial);
+  });
+  await vm.start();
+  await ready;
+  return vm;
 }
 
-async function idle(n) {
+async function kindlingIdle(n) {
   const vms = [];
-  for (let i = 0; i < n; i++) {
-    const vm = new MicroVM({ id: `idle-${i}` }).memory(16).kernel(GUEST);
-    let out = '';
-    vm.on('serial', (c) => { out += c; });
-    await vm.start();
-    while (!out.includes('KT: READY')) await new Promise((r) => setTimeout(r, 2));
-    vms.push(vm);
+  for (let i = 0; i < n; i += START_BATCH) {
+    vms.push(...await Promise.all(Array.from({ length: Math.min(START_BATCH, n - i) }, (_, j) => startIdle(i + j))));
   }
   global.gc?.();
-  await new Promise((r) => setTimeout(r, 200));
-  const r = resident(16 * 1024 * 1024);
-  for (const vm of vms) await vm.stop();
+  await new Promise((r) => setTimeout(r, 300));
+  const r = baseline.residentOf('self', GUEST_BYTES);
+  await Promise.all(vms.map((vm) => vm.stop()));
   return r;
 }
 
-exports.run = async function run() {
-  // A first VM loads the guest image, the addon and the JIT-compiled paths: not per-VM costs.
-  await idle(1);
-  global.gc?.();
-  const base = resident(16 * 1024 * 1024);
-  for (const n of [1, 10, 50]) {
-    const r = await idle(n);
-    const host = r.total - r.guest - (base.total - base.guest);
-    console.log(`density: ${n} idle VMs: RSS ${(r.total / 1048576).toFixed(1)} MiB, of which guest RAM ${(r.guest / 1048576).toFixed(1)} MiB; host memory added ${(host / n / 1024).toFixed(0)} KiB per VM`);
+async function baselineIdle(n, cmdline) {
+  const idle = await baseline.startIdle(n, GUEST, MEM_MIB, cmdline);
+  try {
+    let host = 0;
+    let total = 0;
+    for (const pid of idle.pids) {
+      const r = baseline.residentOf(pid, GUEST_BYTES);
+      host += r.total - r.guest;
+      total += r.total;
+    }
+    return { perVm: host / n, total };
+  } finally {
+    await idle.stop();
   }
+}
+
+exports.measure = async function measure() {
+  baseline.build();
+  // A first VM loads the guest image, the addon and the JIT-compiled paths: not per-VM costs.
+  const warm = await startIdle(-1);
+  const cmdline = warm.cmdline;
+  await warm.stop();
+  global.gc?.();
+  await new Promise((r) => setTimeout(r, 300));
+  const base = baseline.residentOf('self', GUEST_BYTES);
+  const kindling = [];
+  for (const n of COUNTS) {
+    const r = await kindlingIdle(n);
+    const host = r.total - r.guest - (base.total - base.guest);
+    kindling.push({ n, rssMiB: r.total / 1048576, guestMiB: r.guest / 1048576, perVmKiB: host / n / 1024 });
+  }
+  const b = await baselineIdle(Math.min(20, Math.max(...COUNTS)), cmdline);
+  return { kindling, baselinePerVmKiB: b.perVm / 1024, baselineProcesses: Math.min(20, Math.max(...COUNTS)) };
+};
+
+exports.run = async function run() {
+  const r = await exports.measure();
+  for (const k of r.kindling) {
+    console.log(`density: ${k.n} idle ${MEM_MIB} MiB VMs in one process: RSS ${k.rssMiB.toFixed(1)} MiB, of which guest RAM ${k.guestMiB.toFixed(1)} MiB; host memory added ${k.perVmKiB.toFixed(0)} KiB per VM`);
+  }
+  const last = r.kindling[r.kindling.length - 1];
+  console.log(`density: baseline, ${r.baselineProcesses} idle VMs one process each: host memory ${r.baselinePerVmKiB.toFixed(0)} KiB per VM (RSS minus guest RAM); Kindling at ${last.n} VMs ${last.perVmKiB.toFixed(0)} KiB per VM, ratio ${(last.perVmKiB / r.baselinePerVmKiB).toFixed(3)}`);
 };

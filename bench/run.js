@@ -1,11 +1,18 @@
 #!/usr/bin/env node
 // Kindling benchmarks: prints numbers, judges nothing. Run with `npm run bench` (after the build).
+// The KVM benchmarks compare with a bare C VMM (bench/baseline: the same KVM set-up and guest,
+// one process per VM), measured in the same run and given as Kindling / baseline.
 //
-//   setup      start() until the first guest instruction (the vCPU thread entering KVM_RUN is
-//              approximated by start() resolving: vCPU threads are running when it resolves), for a
-//              128 MiB VM with ../shared/guest/vmlinux (needs /dev/kvm)
-//   density    RSS of one process with 1, 10 and 50 idle small VMs, minus guest RAM they touched
-//   console    UART accesses that reach JavaScript per printed byte, Linux boot (needs /dev/kvm)
+//   startrate  N tiny guests (default 50) started at once, each to its exit, VMs/s against the
+//              baseline's processes/s; event-loop stalls meanwhile (needs /dev/kvm)
+//   setup      start() until the vCPU threads run, 128 MiB, tiny guest and ../shared/guest/vmlinux,
+//              against the baseline's set-up from main() to its first KVM_RUN (needs /dev/kvm)
+//   density    RSS of one process with 1, 10, 50 and 500 idle 32 MiB VMs, minus guest RAM, against
+//              the baseline's per-process RSS (needs /dev/kvm)
+//   console    JavaScript callbacks per printed byte at steady output (tiny guest), then during a
+//              Linux boot (KINDLING_BENCH_CONSOLE=tiny skips that) (needs /dev/kvm)
+//   shard      the startrate workload on the main thread and on 1 and 2 worker threads
+//   compare    startrate, setup, console (tiny) and density, then the table of all of them
 //   queue      the split-virtqueue's own cost per request (mock driver, no KVM)
 //   block      virtio-blk host-side throughput (mock driver, file in page cache, no KVM)
 //   snapshot   snapshot creation time and size (full, diff), restore-to-running with memory 'map'
@@ -18,7 +25,8 @@
 //   balloon    balloon inflate rate: MiB/s of guest memory returned to the host (real anonymous mapping)
 //   seccomp    port-read round trips per second with and without the vCPU seccomp filter (needs /dev/kvm)
 //
-//   node bench/run.js [setup|density|console|queue|block|snapshot|net|vsock|invoke|balloon|seccomp ...]   (default: all)
+//   node --expose-gc bench/run.js [startrate|setup|density|console|shard|compare|queue|block|snapshot|net|vsock|invoke|balloon|seccomp ...]
+//   (default: all but compare)
 'use strict';
 const path = require('path');
 const fs = require('fs');
@@ -36,12 +44,16 @@ function runTs(file) {
 async function main() {
   const { isKvmAvailable } = require('kindling');
   const kvm = isKvmAvailable();
-  if (want('setup') || want('density') || want('console') || want('snapshot') || want('seccomp')) {
-    if (!kvm.ok) console.log(`setup, density, console, snapshot, seccomp: skipped, KVM unavailable (${kvm.reason}); try: bash scripts/kvm-in-qemu.sh -- npm run bench`);
+  const kvmBenches = ['startrate', 'setup', 'density', 'console', 'shard', 'snapshot', 'seccomp', 'compare'];
+  if (kvmBenches.some((b) => (b === 'compare' ? which.includes(b) : want(b)))) {
+    if (!kvm.ok) console.log(`${kvmBenches.join(', ')}: skipped, KVM unavailable (${kvm.reason}); try: bash scripts/kvm-in-qemu.sh -- npm run bench`);
+    else if (which.includes('compare')) await require('./compare').run();
     else {
+      if (want('startrate')) await require('./startrate.bench').run();
       if (want('setup')) await require('./setup.bench').run();
       if (want('density')) await require('./density.bench').run();
       if (want('console')) await require('./console.bench').run();
+      if (want('shard')) await require('./shard.bench').run();
       if (want('snapshot')) await require('./snapshot.bench').run();
       if (want('seccomp')) await require('./seccomp.bench').run();
     }

@@ -54,6 +54,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("mapAnonymous", Napi::Function::New<MapAnonymous>(env, "mapAnonymous"));
   exports.Set("pageSize", Napi::Function::New<PageSize>(env, "pageSize"));
   exports.Set("setErrorClass", Napi::Function::New<SetErrorClass>(env, "setErrorClass"));
+  exports.Set("setUntransferableMarker", Napi::Function::New<SetUntransferableMarker>(env, "setUntransferableMarker"));
   exports.Set("kickSignal", Napi::Number::New(env, KickSignal()));
   exports.Set("libcStringAddress", Napi::Function::New<LibcStringAddress>(env, "libcStringAddress"));
 #ifdef KINDLING_TEST_HOOKS

@@ -13,6 +13,12 @@ struct AddonData {
   Napi::FunctionReference vcpuCtor;
   Napi::FunctionReference watchCtor;
   Napi::FunctionReference pollCtor;
+  /**
+   * worker_threads.markAsUntransferable, registered by lib/native/binding.ts: applied to every
+   * guest-memory ArrayBuffer, so that a postMessage/structuredClone transfer copies it instead of
+   * moving its memory away from the VM that unmaps it. Empty until setUntransferableMarker.
+   */
+  Napi::FunctionReference markUntransferable;
 };
 
 inline AddonData* GetAddonData(Napi::Env env) { return env.GetInstanceData<AddonData>(); }

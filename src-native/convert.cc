@@ -1,6 +1,7 @@
 #include "convert.h"
 
 #include <cmath>
+#include <cstring>
 #include <string>
 
 #include "errors.h"
@@ -227,6 +228,47 @@ Napi::Object SregsToJs(Napi::Env env, const kvm_sregs& s) {
   o.Set("efer", Big(env, s.efer));
   o.Set("apicBase", Big(env, s.apic_base));
   return o;
+}
+
+void SregsOverridesFromJs(Napi::Env env, Napi::Value v, kvm_sregs* s, kvm_sregs* mask) {
+  Napi::Object o = AsObject(env, v, "sregs");
+  std::memset(mask, 0, sizeof *mask);
+  struct SegField {
+    const char* key;
+    kvm_segment* seg;
+    kvm_segment* mask;
+  };
+  for (const SegField& f : {SegField{"cs", &s->cs, &mask->cs}, SegField{"ds", &s->ds, &mask->ds},
+                            SegField{"es", &s->es, &mask->es}, SegField{"fs", &s->fs, &mask->fs},
+                            SegField{"gs", &s->gs, &mask->gs}, SegField{"ss", &s->ss, &mask->ss},
+                            SegField{"tr", &s->tr, &mask->tr}, SegField{"ldt", &s->ldt, &mask->ldt}}) {
+    Napi::Value seg = o.Get(f.key);
+    if (seg.IsUndefined()) continue;
+    SegmentFromJs(env, seg, f.key, f.seg);
+    std::memset(f.mask, 0xff, sizeof *f.mask);
+  }
+  for (const auto& f : {std::make_pair("gdt", std::make_pair(&s->gdt, &mask->gdt)),
+                        std::make_pair("idt", std::make_pair(&s->idt, &mask->idt))}) {
+    Napi::Value dt = o.Get(f.first);
+    if (dt.IsUndefined()) continue;
+    DtableFromJs(env, dt, f.first, f.second.first);
+    // The padding stays KVM's: only base and limit are fields.
+    f.second.second->base = ~__u64(0);
+    f.second.second->limit = 0xffff;
+  }
+  struct U64Field {
+    const char* key;
+    __u64* field;
+    __u64* mask;
+  };
+  for (const U64Field& f : {U64Field{"cr0", &s->cr0, &mask->cr0}, U64Field{"cr2", &s->cr2, &mask->cr2},
+                            U64Field{"cr3", &s->cr3, &mask->cr3}, U64Field{"cr4", &s->cr4, &mask->cr4},
+                            U64Field{"cr8", &s->cr8, &mask->cr8}, U64Field{"efer", &s->efer, &mask->efer},
+                            U64Field{"apicBase", &s->apic_base, &mask->apic_base}}) {
+    if (o.Get(f.key).IsUndefined()) continue;
+    *f.field = FieldU64(env, o, f.key);
+    *f.mask = ~__u64(0);
+  }
 }
 
 void SregsFromJs(Napi::Env env, Napi::Value v, kvm_sregs* s) {

@@ -35,6 +35,11 @@ void RegsFromJs(Napi::Env env, Napi::Value v, kvm_regs* r);
 /** Fills every Sregs field; `s->interrupt_bitmap` is left as the caller provided it. */
 Napi::Object SregsToJs(Napi::Env env, const kvm_sregs& s);
 void SregsFromJs(Napi::Env env, Napi::Value v, kvm_sregs* s);
+/**
+ * Like SregsFromJs, but only the fields present in `v` are set in `s`; `mask` gets all-ones
+ * bytes over each field that was set and zeros elsewhere.
+ */
+void SregsOverridesFromJs(Napi::Env env, Napi::Value v, kvm_sregs* s, kvm_sregs* mask);
 
 Napi::Object CpuidEntryToJs(Napi::Env env, const kvm_cpuid_entry2& e);
 void CpuidEntryFromJs(Napi::Env env, Napi::Value v, kvm_cpuid_entry2* e);

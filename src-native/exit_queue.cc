@@ -4,6 +4,7 @@
 // vCPUs reach JavaScript in one total order. A vCPU that needs an answer (a read, or the verdict
 // on an event) records `pendingRequest` and sleeps on its own condition variable; the JS thread
 // answers through Answer(), or StopAll() cancels the wait.
+#include <pthread.h>
 #include <signal.h>
 #include <algorithm>
 #include <system_error>
@@ -28,14 +29,16 @@ VmCore::~VmCore() {
   ReleaseTsfn();
 }
 
-void VmCore::PushLocked(ExitRecord&& r) {
+napi_threadsafe_function VmCore::PushLocked(ExitRecord&& r, void** data) {
   if (r.type == RecordType::kIo) r.seq = nextSeq_++;
   queue_.push_back(std::move(r));
-  // Signal only when no drain is pending (see FinishDrain).
-  if (!signalPending_ && tsfn != nullptr) {
-    signalPending_ = true;
-    napi_call_threadsafe_function(tsfn, nullptr, napi_tsfn_nonblocking);
-  }
+  records_++;
+  *data = nullptr;
+  // Signal only when no drain is pending (see FinishDrain); a deferred wake becomes immediate.
+  if (wake_ == WakeState::kSignalled || tsfn == nullptr) return nullptr;
+  wake_ = WakeState::kSignalled;
+  signals_++;
+  return tsfn;
 }
 
 bool VmCore::InPioSink(uint64_t port) const {
@@ -50,30 +53,59 @@ void VmCore::DefinePioSink(uint32_t base, uint32_t len) {
   pioSinks_.emplace_back(base, len);
 }
 
-void VmCore::PostWrite(VcpuCore& v, uint8_t kind, uint64_t addr, uint32_t size, uint32_t value) {
-  std::unique_lock<std::mutex> lk(mu_);
-  // A write nothing decodes (the POST/delay port 0x80 that Linux's outb_p and polling loops hit
-  // constantly) is dropped here: it must not cost the JavaScript thread a record each.
-  if (kind == kPioWrite && InPioSink(addr)) return;
-  if (queue_.size() >= kMaxQueuedRecords && !stopping.load()) {
-    // Backpressure. While it waits the thread is outside KVM_RUN and only JavaScript (draining)
-    // or a stop lets it go on, so it counts as quiescent for pauseVcpus.
-    v.state = VcpuState::kWaitingJs;
-    quiesceCv_.notify_all();
-    spaceCv_.wait(lk, [&] { return queue_.size() < kMaxQueuedRecords || stopping.load(); });
-    v.state = VcpuState::kRunning;
+napi_threadsafe_function VmCore::AppendTxLocked(VcpuCore& v, uint8_t byte, void** data) {
+  *data = nullptr;
+  const uint64_t seq = nextSeq_++;
+  if (queue_.empty() || queue_.back().type != RecordType::kTxBatch || queue_.back().vcpu != &v ||
+      queue_.back().bytes.size() >= txCapacity_) {
+    ExitRecord r;
+    r.type = RecordType::kTxBatch;
+    r.kind = kPioWrite;
+    r.vcpu = &v;
+    r.addr = txPort_;
+    r.size = 1;
+    r.seq = seq;
+    r.bytes.reserve(std::min<size_t>(txCapacity_, 64));
+    queue_.push_back(std::move(r));
+    records_++;
+    txBatches_++;
   }
-  // A stopping VM still takes the write: JavaScript handles what was queued before the stop.
-  ExitRecord r;
-  r.type = RecordType::kIo;
-  r.kind = kind;
-  r.vcpu = &v;
-  r.addr = addr;
-  r.size = size;
-  r.value = value & SizeMask(size);
-  PushLocked(std::move(r));
-  if (kind != kPioWrite || pioGroups_.empty()) return;
-  const uint64_t seq = queue_.back().seq;
+  ExitRecord& batch = queue_.back();
+  batch.bytes.push_back(byte);
+  queuedTxBytes_++;
+  txBytes_++;
+  if (wake_ == WakeState::kSignalled || tsfn == nullptr) return nullptr;
+  if (batch.bytes.size() >= txCapacity_ || !txDefer_) {
+    // A full batch is not worth waiting for: the JS thread should catch up now. Without
+    // deferral (the guest waits for the transmit interrupt) nothing waits either.
+    wake_ = WakeState::kSignalled;
+    signals_++;
+    return tsfn;
+  }
+  if (wake_ == WakeState::kDeferred) return nullptr;
+  wake_ = WakeState::kDeferred;
+  signals_++;
+  deferredWakes_++;
+  *data = DeferredWakeData();
+  return tsfn;
+}
+
+void VmCore::Signal(napi_threadsafe_function signal, void* data) {
+  if (signal != nullptr) napi_call_threadsafe_function(signal, data, napi_tsfn_nonblocking);
+}
+
+void VmCore::WaitForRoomLocked(std::unique_lock<std::mutex>& lk, VcpuCore& v) {
+  const auto full = [&] { return queue_.size() >= kMaxQueuedRecords || queuedTxBytes_ >= kMaxQueuedTxBytes; };
+  if (!full() || stopping.load()) return;
+  // Backpressure. While it waits the thread is outside KVM_RUN and only JavaScript (draining)
+  // or a stop lets it go on, so it counts as quiescent for pauseVcpus.
+  v.state = VcpuState::kWaitingJs;
+  quiesceCv_.notify_all();
+  spaceCv_.wait(lk, [&] { return !full() || stopping.load(); });
+  v.state = VcpuState::kRunning;
+}
+
+void VmCore::InvalidatePioCacheLocked(uint64_t addr, uint32_t size, uint64_t seq) {
   for (PioCacheGroup& g : pioGroups_) {
     for (uint32_t b = 0; b < size; b++) {
       const uint64_t port = addr + b;
@@ -87,14 +119,49 @@ void VmCore::PostWrite(VcpuCore& v, uint8_t kind, uint64_t addr, uint32_t size, 
   }
 }
 
+void VmCore::PostWrite(VcpuCore& v, uint8_t kind, uint64_t addr, uint32_t size, uint32_t value) {
+  napi_threadsafe_function signal = nullptr;
+  void* data = nullptr;
+  {
+    std::unique_lock<std::mutex> lk(mu_);
+    // A write nothing decodes (the POST/delay port 0x80 that Linux's outb_p and polling loops hit
+    // constantly) is dropped here: it must not cost the JavaScript thread a record each.
+    if (kind == kPioWrite && InPioSink(addr)) return;
+    WaitForRoomLocked(lk, v);
+    // A stopping VM still takes the write: JavaScript handles what was queued before the stop.
+    if (kind == kPioWrite && size == 1 && addr == txPort_) {
+      signal = AppendTxLocked(v, static_cast<uint8_t>(value), &data);
+    } else {
+      ExitRecord r;
+      r.type = RecordType::kIo;
+      r.kind = kind;
+      r.vcpu = &v;
+      r.addr = addr;
+      r.size = size;
+      r.value = value & SizeMask(size);
+      signal = PushLocked(std::move(r), &data);
+    }
+    if (kind == kPioWrite && !pioGroups_.empty()) InvalidatePioCacheLocked(addr, size, nextSeq_ - 1);
+  }
+  Signal(signal, data);
+}
+
 bool VmCore::WaitLocked(std::unique_lock<std::mutex>& lk, VcpuCore& v, ExitRecord&& r, uint64_t* answer) {
   if (stopping.load()) return false;
   r.request = ++v.lastRequest;
   v.pendingRequest = r.request;
   v.answered = false;
   v.state = VcpuState::kWaitingJs;
-  PushLocked(std::move(r));
+  void* data = nullptr;
+  napi_threadsafe_function signal = PushLocked(std::move(r), &data);
   quiesceCv_.notify_all();
+  if (signal != nullptr) {
+    // The answer cannot be lost while the lock is dropped: it sets `answered`, which the wait
+    // below checks first.
+    lk.unlock();
+    Signal(signal, data);
+    lk.lock();
+  }
   v.answerCv.wait(lk, [&] { return v.answered || stopping.load(); });
   v.pendingRequest = 0;
   if (!v.answered) {
@@ -164,22 +231,32 @@ void VmCore::Park(VcpuCore& v) {
 }
 
 void VmCore::ThreadEnded(VcpuCore& v) {
-  std::lock_guard<std::mutex> lk(mu_);
-  v.state = VcpuState::kExited;
-  ExitRecord r;
-  r.type = RecordType::kStopped;
-  r.vcpu = &v;
-  PushLocked(std::move(r));
-  quiesceCv_.notify_all();
+  napi_threadsafe_function signal;
+  void* data = nullptr;
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    v.state = VcpuState::kExited;
+    ExitRecord r;
+    r.type = RecordType::kStopped;
+    r.vcpu = &v;
+    signal = PushLocked(std::move(r), &data);
+    quiesceCv_.notify_all();
+  }
+  Signal(signal, data);
 }
 
-bool VmCore::Pop(ExitRecord* out) {
+size_t VmCore::PopMany(std::deque<ExitRecord>* out, size_t max) {
   std::lock_guard<std::mutex> lk(mu_);
-  if (queue_.empty()) return false;
-  *out = std::move(queue_.front());
-  queue_.pop_front();
-  if (queue_.size() == kMaxQueuedRecords - 1) spaceCv_.notify_all();
-  return true;
+  const bool wasFull = queue_.size() >= kMaxQueuedRecords || queuedTxBytes_ >= kMaxQueuedTxBytes;
+  size_t n = 0;
+  while (n < max && !queue_.empty()) {
+    queuedTxBytes_ -= queue_.front().bytes.size();
+    out->push_back(std::move(queue_.front()));
+    queue_.pop_front();
+    n++;
+  }
+  if (wasFull && n > 0) spaceCv_.notify_all();
+  return n;
 }
 
 size_t VmCore::Queued() {
@@ -204,14 +281,62 @@ void VmCore::Answer(const ExitRecord& r, uint64_t value) {
   v.answerCv.notify_one();
 }
 
-bool VmCore::FinishDrain() {
+void VmCore::BeginDrain() {
+  std::lock_guard<std::mutex> lk(mu_);
+  wake_ = WakeState::kSignalled;
+}
+
+DrainNext VmCore::FinishDrain() {
   std::lock_guard<std::mutex> lk(mu_);
   if (queue_.empty()) {
-    signalPending_ = false;
-    return false;
+    wake_ = WakeState::kIdle;
+    return DrainNext::kIdle;
   }
-  signalPending_ = true;
+  if (txDefer_ && queue_.size() == 1 && queue_.front().type == RecordType::kTxBatch &&
+      queue_.front().bytes.size() < txCapacity_) {
+    wake_ = WakeState::kDeferred;
+    return DrainNext::kDefer;
+  }
+  wake_ = WakeState::kSignalled;
+  return DrainNext::kContinue;
+}
+
+WakeState VmCore::Wake() {
+  std::lock_guard<std::mutex> lk(mu_);
+  return wake_;
+}
+
+void VmCore::DefineTxPort(uint32_t port, uint32_t capacity) {
+  std::lock_guard<std::mutex> lk(mu_);
+  txPort_ = port;
+  txCapacity_ = capacity;
+}
+
+bool VmCore::SetTxDefer(bool defer) {
+  std::lock_guard<std::mutex> lk(mu_);
+  txDefer_ = defer;
+  if (defer || wake_ != WakeState::kDeferred) return false;
+  wake_ = WakeState::kSignalled;
   return true;
+}
+
+ExitCounters VmCore::Counters() {
+  std::lock_guard<std::mutex> lk(mu_);
+  ExitCounters c;
+  c.records = records_;
+  c.txBatches = txBatches_;
+  c.txBytes = txBytes_;
+  c.signals = signals_;
+  c.deferredWakes = deferredWakes_;
+  c.drains = drains_;
+  c.jsCalls = jsCalls_;
+  return c;
+}
+
+ThreadStartFailure AwaitThreadStart(ThreadStart& start) {
+  std::unique_lock<std::mutex> lk(start.mu);
+  start.cv.wait(lk, [&] { return start.done; });
+  return start.failure;
 }
 
 void VmCore::StartThread(VcpuCore& v, std::function<void()> body) {
@@ -225,20 +350,19 @@ void VmCore::StartThread(VcpuCore& v, std::function<void()> body) {
   }
   auto start = std::make_shared<ThreadStart>();
   try {
-    v.thread = std::thread(ThreadMain, &v, std::move(body), start);
+    std::lock_guard<std::mutex> jl(joinMu_);
+    v.thread = std::thread(ThreadMain, &v, std::move(body), start, false);
   } catch (const std::system_error& e) {
     std::lock_guard<std::mutex> lk(mu_);
     v.state = VcpuState::kIdle;
     throw ThreadStartFailure{"pthread_create", e.code().value()};
   }
-  ThreadStartFailure failure{nullptr, 0};
-  {
-    std::unique_lock<std::mutex> lk(start->mu);
-    start->cv.wait(lk, [&] { return start->done; });
-    failure = start->failure;
-  }
+  const ThreadStartFailure failure = AwaitThreadStart(*start);
   if (failure.op != nullptr) {
-    v.thread.join();
+    {
+      std::lock_guard<std::mutex> jl(joinMu_);
+      v.thread.join();
+    }
     std::lock_guard<std::mutex> lk(mu_);
     v.state = VcpuState::kIdle;
     throw failure;
@@ -246,7 +370,101 @@ void VmCore::StartThread(VcpuCore& v, std::function<void()> body) {
   v.started = true;
 }
 
+void VmCore::ReleaseThread(VcpuCore& v) {
+  if (!v.seccomp.empty()) {
+    const int err = InstallSigsysReporter();
+    if (err != 0) throw ThreadStartFailure{"sigaction(SIGSYS)", err};
+  }
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    v.state = VcpuState::kRunning;
+  }
+  auto start = std::make_shared<ThreadStart>();
+  {
+    std::lock_guard<std::mutex> g(v.gateMu);
+    v.gateStart = start;
+    v.gate = VcpuCore::kGateOpen;
+  }
+  v.gateCv.notify_one();
+  const ThreadStartFailure failure = AwaitThreadStart(*start);
+  if (failure.op != nullptr) {
+    // The thread has ended without running the guest; a later start() makes a new one.
+    {
+      std::lock_guard<std::mutex> jl(joinMu_);
+      v.thread.join();
+    }
+    v.prestarted = false;
+    std::lock_guard<std::mutex> lk(mu_);
+    v.state = VcpuState::kIdle;
+    throw failure;
+  }
+  v.started = true;
+}
+
+std::shared_ptr<ThreadStart> VmCore::PrepareThread(VcpuCore& v) {
+  if (!v.seccomp.empty()) {
+    const int err = InstallSigsysReporter();
+    if (err != 0) throw ThreadStartFailure{"sigaction(SIGSYS)", err};
+  }
+  auto start = std::make_shared<ThreadStart>();
+  {
+    std::lock_guard<std::mutex> g(v.gateMu);
+    v.gateStart = start;
+    v.gate = VcpuCore::kGatePrologue;
+  }
+  v.gateCv.notify_one();
+  return start;
+}
+
+void VmCore::JoinEnded(VcpuCore& v) {
+  std::lock_guard<std::mutex> jl(joinMu_);
+  if (v.thread.joinable()) v.thread.join();
+}
+
+void VmCore::GoThread(VcpuCore& v) {
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    v.state = VcpuState::kRunning;
+  }
+  {
+    std::lock_guard<std::mutex> g(v.gateMu);
+    v.gate = VcpuCore::kGateGo;
+  }
+  v.gateCv.notify_one();
+  v.started = true;
+}
+
+void PrestartVcpuThread(VcpuCore& v) {
+  v.prestarted = true;
+  VcpuCore* p = &v;
+  v.thread = std::thread([p] {
+    // Until it is released the thread takes no signal; ThreadMain then sets the vCPU's own mask.
+    sigset_t all;
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, nullptr);
+    std::shared_ptr<ThreadStart> start;
+    bool hold = false;
+    {
+      std::unique_lock<std::mutex> g(p->gateMu);
+      p->gateCv.wait(g, [p] { return p->gate != VcpuCore::kGateClosed; });
+      if (p->gate == VcpuCore::kGateCancelled) return;  // never started: nothing to report
+      start = std::move(p->gateStart);
+      hold = p->gate == VcpuCore::kGatePrologue;
+    }
+    ThreadMain(p, nullptr, std::move(start), hold);
+  });
+}
+
+void CancelVcpuGate(VcpuCore& v) {
+  {
+    std::lock_guard<std::mutex> g(v.gateMu);
+    if (v.gate == VcpuCore::kGateClosed || v.gate == VcpuCore::kGatePrologue) v.gate = VcpuCore::kGateCancelled;
+  }
+  v.gateCv.notify_all();
+}
+
 void VmCore::KickAll() {
+  std::lock_guard<std::mutex> jl(joinMu_);
   for (auto& v : vcpus) {
     if (!v->started || !v->thread.joinable()) continue;
     // immediate_exit covers the window between the thread's flag check and KVM_RUN; the signal
@@ -256,7 +474,7 @@ void VmCore::KickAll() {
   }
 }
 
-void VmCore::StopAll() {
+void VmCore::RequestStop() {
   {
     std::lock_guard<std::mutex> lk(mu_);
     stopping.store(true);
@@ -266,7 +484,15 @@ void VmCore::StopAll() {
     quiesceCv_.notify_all();
     spaceCv_.notify_all();
   }
+  for (auto& v : vcpus) {
+    if (v->prestarted) CancelVcpuGate(*v);
+  }
   KickAll();
+}
+
+void VmCore::StopAll() {
+  RequestStop();
+  std::lock_guard<std::mutex> jl(joinMu_);
   for (auto& v : vcpus) {
     if (v->thread.joinable()) v->thread.join();
   }
@@ -353,6 +579,8 @@ void VmCore::ReleaseTsfn() {
 }
 
 void VmCore::CloseFds() {
+  // closeAsync closes on a worker thread; a finalizer or a second close may come at the same time.
+  std::lock_guard<std::mutex> cl(closeMu_);
   for (auto& v : vcpus) {
     if (v->thread.joinable()) continue;  // never pull the run area from under a live thread
     if (v->run != nullptr) {

@@ -15,6 +15,7 @@
 #include "errors.h"
 #include "kvm_abi.h"
 #include "vm.h"
+#include "vm_setup.h"
 
 namespace kindling {
 
@@ -26,6 +27,7 @@ Napi::Function KvmSystem::Init(Napi::Env env) {
                          InstanceMethod<&KvmSystem::SupportedCpuid>("supportedCpuid"),
                          InstanceMethod<&KvmSystem::MsrIndexList>("msrIndexList"),
                          InstanceMethod<&KvmSystem::CreateVm>("createVm"),
+                         InstanceMethod<&KvmSystem::CreateVmAsync>("createVmAsync"),
                          InstanceMethod<&KvmSystem::Close>("close"),
                      });
 }
@@ -114,6 +116,11 @@ Napi::Value KvmSystem::CreateVm(const Napi::CallbackInfo& info) {
   } while (vmFd < 0 && errno == EINTR);
   if (vmFd < 0) ThrowErrno(env, "KVM_CREATE_VM", errno);
   return Vm::NewInstance(env, vmFd, static_cast<size_t>(mmapSize));
+}
+
+Napi::Value KvmSystem::CreateVmAsync(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  return kindling::CreateVmAsync(env, Fd(env, "KVM_CREATE_VM"), info.Length() > 0 ? info[0] : env.Undefined());
 }
 
 Napi::Value KvmSystem::Close(const Napi::CallbackInfo& info) {

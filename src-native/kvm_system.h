@@ -17,6 +17,7 @@ class KvmSystem : public Napi::ObjectWrap<KvmSystem> {
   Napi::Value SupportedCpuid(const Napi::CallbackInfo& info);
   Napi::Value MsrIndexList(const Napi::CallbackInfo& info);
   Napi::Value CreateVm(const Napi::CallbackInfo& info);
+  Napi::Value CreateVmAsync(const Napi::CallbackInfo& info);
   Napi::Value Close(const Napi::CallbackInfo& info);
   int Fd(Napi::Env env, const char* op);
 

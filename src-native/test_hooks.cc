@@ -133,6 +133,13 @@ SeccompProgram FilterArg(Napi::Env env, Napi::Value v) {
 
 Napi::Value CreateVm(const Napi::CallbackInfo& info) { return Vm::NewInstance(info.Env(), -1, 0); }
 
+// externalMemory(): V8's external-memory count (what napi_adjust_external_memory adjusts).
+Napi::Value ExternalMemory(const Napi::CallbackInfo& info) {
+  int64_t amount = 0;
+  napi_adjust_external_memory(info.Env(), 0, &amount);
+  return Napi::Number::New(info.Env(), static_cast<double>(amount));
+}
+
 Napi::Value StartScript(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   Vm* vm = UnwrapVm(env, info[0]);
@@ -403,6 +410,7 @@ void AttemptRefusedCall(VcpuCore& v, int what) {
 Napi::Object CreateTestHooks(Napi::Env env) {
   Napi::Object o = Napi::Object::New(env);
   o.Set("createVm", Napi::Function::New<CreateVm>(env, "createVm"));
+  o.Set("externalMemory", Napi::Function::New<ExternalMemory>(env, "externalMemory"));
   o.Set("startScript", Napi::Function::New<StartScript>(env, "startScript"));
   o.Set("scriptResults", Napi::Function::New<ScriptResults>(env, "scriptResults"));
   o.Set("attemptOnStart", Napi::Function::New<AttemptOnStart>(env, "attemptOnStart"));

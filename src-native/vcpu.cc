@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "addon_data.h"
+#include "async_task.h"
 #include "convert.h"
 #include "errors.h"
 #include "vm.h"
@@ -47,6 +48,7 @@ Napi::Function Vcpu::Init(Napi::Env env) {
                          InstanceMethod<&Vcpu::SetMpState>("setMpState"),
                          InstanceMethod<&Vcpu::InjectException>("injectException"),
                          InstanceMethod<&Vcpu::Start>("start"),
+                         InstanceMethod<&Vcpu::PrepareStart>("prepareStart"),
                          InstanceAccessor<&Vcpu::RunState>("runState"),
                          InstanceMethod<&Vcpu::SaveState>("saveState"),
                          InstanceMethod<&Vcpu::RestoreState>("restoreState"),
@@ -74,7 +76,8 @@ Vcpu::Vcpu(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Vcpu>(info) {
 }
 
 int Vcpu::Fd(Napi::Env env, const char* op) {
-  if (core_->fd < 0) ThrowErrno(env, op, EBADF, "the VM is closed");
+  // Closed: closeAsync() may be closing the fd on a worker thread right now.
+  if (vm_->Closed() || core_->fd < 0) ThrowErrno(env, op, EBADF, "the VM is closed");
   if (!vmCore_->IsQuiescent(*core_)) {
     ThrowErrno(env, op, EBUSY, "vCPU " + std::to_string(core_->id) + " is running (pause it or call from its event handler)");
   }
@@ -261,30 +264,95 @@ Napi::Value Vcpu::InjectException(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
+namespace {
+
+// start()'s and prepareStart()'s optional seccomp program argument.
+SeccompProgram FilterArgument(const Napi::CallbackInfo& info, const char* method) {
+  Napi::Env env = info.Env();
+  SeccompProgram filter;
+  if (info.Length() > 0 && !info[0].IsUndefined()) {
+    if (!info[0].IsTypedArray() || info[0].As<Napi::TypedArray>().TypedArrayType() != napi_uint8_array) {
+      ThrowType(env, std::string(method) + ": the seccomp filter must be a Uint8Array");
+    }
+    Napi::Uint8Array bytes = info[0].As<Napi::Uint8Array>();
+    if (!ParseSeccompProgram(bytes.Data(), bytes.ByteLength(), &filter)) {
+      ThrowRange(env, std::string(method) + ": a seccomp filter is 1 to 4096 instructions of 8 bytes");
+    }
+  }
+  return filter;
+}
+
+}  // namespace
+
 Napi::Value Vcpu::Start(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   if (core_->started) ThrowState(env, "start: vCPU " + std::to_string(core_->id) + " was already started");
   if (vm_->Closed() || core_->fd < 0) ThrowErrno(env, "KVM_RUN", EBADF, "the VM is closed");
   if (vmCore_->stopping.load()) ThrowState(env, "start: the VM's vCPUs were stopped");
   if (!vm_->HandlersSet()) ThrowState(env, "start: call NativeVm.setExitHandlers() first");
-  SeccompProgram filter;
-  if (info.Length() > 0 && !info[0].IsUndefined()) {
-    if (!info[0].IsTypedArray() || info[0].As<Napi::TypedArray>().TypedArrayType() != napi_uint8_array) {
-      ThrowType(env, "start: the seccomp filter must be a Uint8Array");
-    }
-    Napi::Uint8Array bytes = info[0].As<Napi::Uint8Array>();
-    if (!ParseSeccompProgram(bytes.Data(), bytes.ByteLength(), &filter)) {
-      ThrowRange(env, "start: a seccomp filter is 1 to 4096 instructions of 8 bytes");
-    }
+  if (core_->preparing) ThrowState(env, "start: prepareStart() has not settled yet");
+  if (core_->prepared) {
+    // The thread has installed its filter already and waits only for this.
+    if (info.Length() > 0 && !info[0].IsUndefined()) ThrowType(env, "start: the vCPU was prepared; its filter was given to prepareStart()");
+    vmCore_->GoThread(*core_);
+    vm_->VcpuStarted(env);
+    return env.Undefined();
   }
-  core_->seccomp = std::move(filter);
+  core_->seccomp = FilterArgument(info, "start");
   try {
-    vmCore_->StartThread(*core_);
+    if (core_->prestarted) {
+      vmCore_->ReleaseThread(*core_);  // made with the VM (NativeKvm.createVmAsync)
+    } else {
+      vmCore_->StartThread(*core_);
+    }
   } catch (const ThreadStartFailure& f) {
     ThrowErrno(env, f.op, f.err);
   }
   vm_->VcpuStarted(env);
   return env.Undefined();
+}
+
+Napi::Value Vcpu::PrepareStart(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (core_->started || core_->prepared || core_->preparing) {
+    ThrowState(env, "prepareStart: vCPU " + std::to_string(core_->id) + " was already started or prepared");
+  }
+  if (vm_->Closed() || core_->fd < 0) ThrowErrno(env, "KVM_RUN", EBADF, "the VM is closed");
+  if (vmCore_->stopping.load()) ThrowState(env, "prepareStart: the VM's vCPUs were stopped");
+  if (!core_->prestarted) ThrowState(env, "prepareStart: only for vCPUs made by NativeKvm.createVmAsync (use start())");
+  core_->seccomp = FilterArgument(info, "prepareStart");
+  std::shared_ptr<ThreadStart> start;
+  try {
+    start = vmCore_->PrepareThread(*core_);
+  } catch (const ThreadStartFailure& f) {
+    ThrowErrno(env, f.op, f.err);
+  }
+  core_->preparing = true;
+  std::shared_ptr<VmCore> vmCore = vmCore_;
+  std::shared_ptr<VcpuCore> core = core_;
+  auto failure = std::make_shared<ThreadStartFailure>(ThreadStartFailure{nullptr, 0});
+  // The vCPU (and through it the VM) stays referenced until the promise settles.
+  auto self = std::make_shared<Napi::ObjectReference>(Napi::Persistent(Value()));
+  return AsyncTask::Start(
+      env, "kindling:prepareVcpu",
+      [start, failure, vmCore, core] {
+        // The wait for the new thread's prologue happens here, not on the JavaScript thread.
+        *failure = AwaitThreadStart(*start);
+        if (failure->op != nullptr) vmCore->JoinEnded(*core);
+      },
+      [self, failure, core](Napi::Env e, Napi::Promise::Deferred& d) {
+        self->Reset();
+        core->preparing = false;
+        if (failure->op != nullptr) {
+          // The thread has ended without running the guest; start() makes a new one.
+          core->prestarted = false;
+          d.Reject(MakeErrnoError(e, failure->op, failure->err));
+          return;
+        }
+        core->prepared = true;
+        d.Resolve(e.Undefined());
+      },
+      [self] { self->SuppressDestruct(); });
 }
 
 Napi::Value Vcpu::FdValue(const Napi::CallbackInfo& info) { return Napi::Number::New(info.Env(), core_->fd); }

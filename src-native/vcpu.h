@@ -37,6 +37,7 @@ class Vcpu : public Napi::ObjectWrap<Vcpu> {
   Napi::Value SetMpState(const Napi::CallbackInfo& info);
   Napi::Value InjectException(const Napi::CallbackInfo& info);
   Napi::Value Start(const Napi::CallbackInfo& info);
+  Napi::Value PrepareStart(const Napi::CallbackInfo& info);
   // Snapshots (vcpu_snapshot.cc).
   Napi::Value RunState(const Napi::CallbackInfo& info);
   Napi::Value SaveState(const Napi::CallbackInfo& info);

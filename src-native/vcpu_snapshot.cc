@@ -82,7 +82,8 @@ Napi::Value Vcpu::GetCpuid(const Napi::CallbackInfo& info) {
 }
 
 int Vcpu::SnapshotFd(Napi::Env env, const char* op) {
-  if (core_->fd < 0) ThrowErrno(env, op, EBADF, "the VM is closed");
+  // Closed: closeAsync() may be closing the fd on a worker thread right now.
+  if (vm_->Closed() || core_->fd < 0) ThrowErrno(env, op, EBADF, "the VM is closed");
   const VcpuState st = vmCore_->StateOf(*core_);
   if (st != VcpuState::kIdle && st != VcpuState::kParked) {
     ThrowErrno(env, op, EBUSY,

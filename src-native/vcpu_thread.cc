@@ -209,7 +209,7 @@ void RunLoop(VcpuCore& v) {
 
 }  // namespace
 
-void ThreadMain(VcpuCore* vp, std::function<void()> body, std::shared_ptr<ThreadStart> start) {
+void ThreadMain(VcpuCore* vp, std::function<void()> body, std::shared_ptr<ThreadStart> start, bool holdAfterPrologue) {
   VcpuCore& v = *vp;
 
   // Process signals (SIGINT, SIGTERM, SIGCHLD...) belong to the Node thread; the vCPU thread only
@@ -226,7 +226,9 @@ void ThreadMain(VcpuCore* vp, std::function<void()> body, std::shared_ptr<Thread
 
   // The thread's first allocation picks (or creates) its malloc arena; creating one can make
   // glibc read /sys/devices/system/cpu/online (arena_get2). Do it while that is still allowed.
-  free(malloc(64));
+  // Through a volatile: `free(malloc(n))` is a dead pair the compiler removes at -O2.
+  void* volatile arenaProbe = std::malloc(64);
+  std::free(arenaProbe);
 
   // Before the first KVM_RUN: from here on the guest controls what this thread computes.
   FilterFailure failure;
@@ -240,6 +242,17 @@ void ThreadMain(VcpuCore* vp, std::function<void()> body, std::shared_ptr<Thread
   }
   start.reset();
   if (!ok) return;  // StartThread joins and reports; the vCPU never ran
+
+  if (holdAfterPrologue) {
+    // Prepared (prepareStart): filtered from here on, waiting for start() or a stop.
+    std::unique_lock<std::mutex> g(v.gateMu);
+    v.gateCv.wait(g, [&] { return v.gate == VcpuCore::kGateGo || v.gate == VcpuCore::kGateCancelled; });
+    if (v.gate == VcpuCore::kGateCancelled) {
+      g.unlock();
+      if (filtered) ForgetFilteredThread();
+      return;  // never started: nothing to report
+    }
+  }
 
 #ifdef KINDLING_TEST_HOOKS
   if (v.testAttempt != 0) AttemptRefusedCall(v, v.testAttempt);

@@ -11,6 +11,7 @@
 #include <system_error>
 
 #include "addon_data.h"
+#include "async_task.h"
 #include "convert.h"
 #include "errors.h"
 #include "vcpu.h"
@@ -27,11 +28,11 @@ struct VmInit {
 // The TSFN's context: keeps the core alive for callbacks that arrive after the wrapper is gone.
 using CoreHolder = std::shared_ptr<VmCore>;
 
-void CallJs(napi_env env, napi_value /*js_callback*/, void* context, void* /*data*/) {
+void CallJs(napi_env env, napi_value /*js_callback*/, void* context, void* data) {
   if (env == nullptr) return;  // the function is being torn down
   const CoreHolder& core = *static_cast<CoreHolder*>(context);
   if (core->closed || core->owner == nullptr) return;
-  core->owner->DrainFromLoop(env);
+  core->owner->OnWake(env, data == DeferredWakeData());
 }
 
 void FinalizeTsfn(napi_env /*env*/, void* data, void* /*hint*/) { delete static_cast<CoreHolder*>(data); }
@@ -39,7 +40,20 @@ void FinalizeTsfn(napi_env /*env*/, void* data, void* /*hint*/) { delete static_
 // Node.js calls this on the JavaScript thread once the ArrayBuffer is collected or detached. The
 // mapping goes with the last shared_ptr, so an ArrayBuffer still referenced from JavaScript keeps
 // it alive, and a closed VM has already unmapped it.
-void ReleaseMapping(napi_env /*env*/, void* /*data*/, void* hint) { delete static_cast<std::shared_ptr<Mapping>*>(hint); }
+void ReleaseMapping(napi_env env, void* /*data*/, void* hint) {
+  auto* share = static_cast<BufferShare*>(hint);
+  int64_t ignored = 0;
+  if (share->owed != 0 && env != nullptr) napi_adjust_external_memory(env, share->owed, &ignored);
+  delete share;
+}
+
+// Gives V8 back the external-memory count AdoptMapping took off `share`'s buffer, right before
+// V8 takes the buffer's length off itself (detach): the count then never rises above where it was.
+void RepayExternalMemory(napi_env env, BufferShare* share) {
+  int64_t ignored = 0;
+  if (share->owed != 0) napi_adjust_external_memory(env, share->owed, &ignored);
+  share->owed = 0;
+}
 
 uint32_t SizeMask(uint32_t size) { return size >= 4 ? 0xffffffffu : ((1u << (size * 8)) - 1); }
 
@@ -93,9 +107,37 @@ void Mapping::Unmap() {
 
 void Mapping::UnmapLocked() {
   if (addr != nullptr) {
-    munmap(addr, size);
+    munmap(addr - guard, size + 2 * guard);
     addr = nullptr;
   }
+}
+
+int Mapping::MapAnonymous(size_t bytes, const char** op) {
+  const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
+  void* base = mmap(nullptr, bytes + 2 * page, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  if (base == MAP_FAILED) {
+    *op = "mmap";
+    return errno;
+  }
+  uint8_t* inner = static_cast<uint8_t*>(base) + page;
+  if (mprotect(inner, bytes, PROT_READ | PROT_WRITE) < 0) {
+    const int err = errno;
+    munmap(base, bytes + 2 * page);
+    *op = "mprotect";
+    return err;
+  }
+  std::lock_guard<std::mutex> lk(mu_);
+  addr = inner;
+  size = bytes;
+  guard = page;
+  return 0;
+}
+
+Napi::Value SetUntransferableMarker(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 1 || !info[0].IsFunction()) ThrowType(env, "setUntransferableMarker: expected a function");
+  GetAddonData(env)->markUntransferable = Napi::Persistent(info[0].As<Napi::Function>());
+  return env.Undefined();
 }
 
 Napi::Function Vm::Init(Napi::Env env) {
@@ -117,10 +159,15 @@ Napi::Function Vm::Init(Napi::Env env) {
                          InstanceMethod<&Vm::DefinePioReadCache>("definePioReadCache"),
                          InstanceMethod<&Vm::DefinePioSink>("definePioSink"),
                          InstanceMethod<&Vm::SetPioReadCache>("setPioReadCache"),
+                         InstanceMethod<&Vm::DefineTransmitBuffer>("defineTransmitBuffer"),
+                         InstanceMethod<&Vm::SetTransmitDeferral>("setTransmitDeferral"),
+                         InstanceMethod<&Vm::ExitStats>("exitStats"),
                          InstanceMethod<&Vm::StopVcpus>("stopVcpus"),
                          InstanceMethod<&Vm::PauseVcpus>("pauseVcpus"),
                          InstanceMethod<&Vm::ResumeVcpus>("resumeVcpus"),
                          InstanceMethod<&Vm::Close>("close"),
+                         InstanceMethod<&Vm::StopVcpusAsync>("stopVcpusAsync"),
+                         InstanceMethod<&Vm::CloseAsync>("closeAsync"),
                          InstanceMethod<&Vm::SaveState>("saveState"),
                          InstanceMethod<&Vm::RestoreState>("restoreState"),
                          InstanceMethod<&Vm::SetDirtyLogging>("setDirtyLogging"),
@@ -176,7 +223,7 @@ void Vm::CleanupHook(void* arg) {
   vm->Teardown(Napi::Env(vm->env_), false);
 }
 
-void Vm::Teardown(Napi::Env env, bool explicitClose) {
+void Vm::Teardown(Napi::Env env, bool explicitClose, std::vector<std::shared_ptr<Mapping>>* unmapLater) {
   if (torndown_) return;
   core_->StopAll();
   napi_value pendingError = nullptr;
@@ -190,34 +237,52 @@ void Vm::Teardown(Napi::Env env, bool explicitClose) {
   }
   torndown_ = true;
   core_->closed = true;
+  pending_.clear();
   if (running_ > 0) {
     running_ = 0;
     if (explicitClose) Unref();
   }
   core_->ReleaseTsfn();
-  core_->CloseFds();
+  // Guest memory goes before the VM fd, so that KVM tears down a VM with no memory behind its
+  // slots. With `unmapLater` both are the caller's to do, off the JavaScript thread: closing the
+  // VM fd waits for KVM to destroy the VM (its PIT thread among others), 1 to 20 ms measured on
+  // the emulated-KVM host.
   for (MemoryEntry& m : memory_) {
     if (explicitClose) {
       napi_value buf = nullptr;
       if (m.buffer != nullptr && napi_get_reference_value(env, m.buffer, &buf) == napi_ok && buf != nullptr) {
+        RepayExternalMemory(env, m.share);
         napi_detach_arraybuffer(env, buf);
       }
-      m.mapping->Unmap();
+      if (unmapLater != nullptr) {
+        unmapLater->push_back(m.mapping);
+      } else {
+        m.mapping->Unmap();
+      }
     }
     if (m.buffer != nullptr) napi_delete_reference(env, m.buffer);
     m.buffer = nullptr;
   }
   memory_.clear();
   slots_.clear();
+  if (unmapLater == nullptr) core_->CloseFds();
   handlers_.Reset();
   onIo_.Reset();
   onEvent_.Reset();
   onStopped_.Reset();
+  onTxBatch_.Reset();
+  txTimerFn_.Reset();
   if (hookRegistered_) {
     napi_remove_env_cleanup_hook(env, CleanupHook, this);
     hookRegistered_ = false;
   }
   if (pendingError != nullptr) throw Napi::Error(env, pendingError);
+}
+
+Napi::Object Vm::AdoptVcpu(Napi::Env env, Napi::Object self, std::shared_ptr<VcpuCore> vcpu) {
+  vcpu->vm = core_.get();
+  core_->vcpus.push_back(vcpu);  // from here on the core closes the fd and unmaps the area
+  return Vcpu::NewInstance(env, self, this, std::move(vcpu));
 }
 
 int Vm::Fd(Napi::Env env, const char* op) {
@@ -239,8 +304,41 @@ void Vm::VcpuEnded(Napi::Env env) {
   }
 }
 
+void Vm::OnWake(Napi::Env env, bool deferred) {
+  if (deferred) {
+    // Output only: let it gather until the transmit timer fires, unless the state moved on
+    // (another record asked for an immediate drain, or a drain already took everything).
+    if (core_->Wake() == WakeState::kDeferred) {
+      Napi::HandleScope scope(env);
+      ArmTxTimer(env);
+    }
+    return;
+  }
+  DrainFromLoop(env);
+}
+
+void Vm::ArmTxTimer(Napi::Env env) {
+  if (txTimerFn_.IsEmpty() || torndown_ || txTimerArmed_) return;
+  Napi::Value timeout = env.Global().Get("setTimeout").As<Napi::Function>().Call(
+      {txTimerFn_.Value(), Napi::Number::New(env, txDelayMs_)});
+  // Running vCPUs keep the loop alive (the TSFN is referenced); the timer need not.
+  if (timeout.IsObject()) {
+    Napi::Value unref = timeout.As<Napi::Object>().Get("unref");
+    if (unref.IsFunction()) unref.As<Napi::Function>().Call(timeout, {});
+  }
+  txTimerArmed_ = true;
+}
+
+void Vm::OnTxTimer(Napi::Env env) {
+  txTimerArmed_ = false;
+  if (torndown_ || core_->Wake() != WakeState::kDeferred) return;
+  DrainFromLoop(env);
+}
+
 void Vm::DrainFromLoop(Napi::Env env) {
   Napi::HandleScope scope(env);
+  core_->BeginDrain();
+  core_->CountDrain();
   napi_value pendingError = nullptr;
   {
     // A callback scope runs process.nextTick callbacks and microtasks when the drain ends, as
@@ -252,7 +350,18 @@ void Vm::DrainFromLoop(Napi::Env env) {
       pendingError = e.Value();
     }
   }
-  if (!torndown_ && core_->FinishDrain()) ScheduleDrain(env);
+  if (!torndown_) {
+    switch (core_->FinishDrain()) {
+      case DrainNext::kContinue:
+        ScheduleDrain(env);
+        break;
+      case DrainNext::kDefer:
+        ArmTxTimer(env);
+        break;
+      case DrainNext::kIdle:
+        break;
+    }
+  }
   if (pendingError != nullptr) napi_fatal_exception(env, pendingError);
 }
 
@@ -268,14 +377,46 @@ void Vm::ScheduleDrain(Napi::Env env) {
 }
 
 void Vm::Drain(Napi::Env env) {
-  ExitRecord r;
   // Only the records queued when the drain starts: vCPUs keep adding while JavaScript handles
   // them, and a guest that does I/O without pause must not keep the event loop (timers, other
   // VMs, the host's own work) waiting. DrainFromLoop schedules the rest for later.
-  size_t budget = core_->Queued();
-  while (budget > 0 && !torndown_ && core_->Pop(&r)) {
+  // Records are taken off the queue in one go (one lock instead of one per record); those not
+  // handled yet wait in pending_, where a re-entrant drain (close() from a handler) finds them
+  // first, so the order stays the queue's.
+  size_t budget = pending_.size() + core_->Queued();
+  while (budget > 0 && !torndown_) {
+    if (pending_.empty() && core_->PopMany(&pending_, budget) == 0) break;
+    ExitRecord r = std::move(pending_.front());
+    pending_.pop_front();
     budget--;
     Dispatch(env, r);
+  }
+}
+
+void Vm::DispatchTxBatch(Napi::Env env, ExitRecord& r) {
+  const uint32_t vcpuId = r.vcpu->id;
+  if (!onTxBatch_.IsEmpty()) {
+    core_->CountJsCall();
+    onTxBatch_.Call(handlers_.Value(), {
+                                           Napi::Number::New(env, vcpuId),
+                                           Napi::Number::New(env, static_cast<double>(r.addr)),
+                                           Napi::Buffer<uint8_t>::Copy(env, r.bytes.data(), r.bytes.size()),
+                                           Napi::Number::New(env, static_cast<double>(r.seq)),
+                                       });
+    return;
+  }
+  // No batch handler: the same writes, one io() call each.
+  for (size_t i = 0; i < r.bytes.size() && !torndown_ && !onIo_.IsEmpty(); i++) {
+    Napi::HandleScope scope(env);
+    core_->CountJsCall();
+    onIo_.Call(handlers_.Value(), {
+                                      Napi::Number::New(env, kPioWrite),
+                                      Napi::Number::New(env, vcpuId),
+                                      Napi::Number::New(env, static_cast<double>(r.addr)),
+                                      Napi::Number::New(env, 1),
+                                      Napi::Number::New(env, r.bytes[i]),
+                                      Napi::Number::New(env, static_cast<double>(r.seq + i)),
+                                  });
   }
 }
 
@@ -284,7 +425,14 @@ void Vm::Dispatch(Napi::Env env, ExitRecord& r) {
   const uint32_t vcpuId = r.vcpu->id;
   if (r.type == RecordType::kStopped) {
     VcpuEnded(env);
-    if (!onStopped_.IsEmpty()) onStopped_.Call(handlers_.Value(), {Napi::Number::New(env, vcpuId)});
+    if (!onStopped_.IsEmpty()) {
+      core_->CountJsCall();
+      onStopped_.Call(handlers_.Value(), {Napi::Number::New(env, vcpuId)});
+    }
+    return;
+  }
+  if (r.type == RecordType::kTxBatch) {
+    DispatchTxBatch(env, r);
     return;
   }
   if (r.type == RecordType::kEvent) {
@@ -295,6 +443,7 @@ void Vm::Dispatch(Napi::Env env, ExitRecord& r) {
       return;
     }
     Napi::Value ret;
+    core_->CountJsCall();
     try {
       ret = onEvent_.Call(handlers_.Value(), {Napi::Number::New(env, vcpuId), EventToJs(env, *r.event)});
     } catch (...) {
@@ -313,6 +462,7 @@ void Vm::Dispatch(Napi::Env env, ExitRecord& r) {
     return;
   }
   Napi::Value ret;
+  core_->CountJsCall();
   try {
     ret = onIo_.Call(handlers_.Value(), {
                                             Napi::Number::New(env, r.kind),
@@ -348,27 +498,44 @@ Napi::Value Vm::AllocateMemory(const Napi::CallbackInfo& info) {
   // Node-API's external ArrayBuffers stop at 4 GiB on Node.js 20 (buffer.constants.MAX_LENGTH):
   // larger guests take one buffer per region (lib/memory splitRegions).
   if (size == 0 || size > kMaxMemoryBuffer) ThrowRange(env, "allocateMemory: size must be in (0, 4 GiB]");
-  void* addr = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-  if (addr == MAP_FAILED) ThrowErrno(env, "mmap", errno);
   auto mapping = std::make_shared<Mapping>();
-  mapping->addr = static_cast<uint8_t*>(addr);
-  mapping->size = size;
+  const char* op = nullptr;
+  if (const int err = mapping->MapAnonymous(size, &op)) ThrowErrno(env, op, err);
   return AdoptMapping(env, mapping);
 }
 
 Napi::Value Vm::AdoptMapping(Napi::Env env, const std::shared_ptr<Mapping>& mapping) {
   if (mapping->size > kMaxMemoryBuffer) ThrowRange(env, "a memory buffer holds at most 4 GiB");
-  auto* hint = new std::shared_ptr<Mapping>(mapping);
+  auto* share = new BufferShare{mapping, 0};
   napi_value buffer = nullptr;
-  // On failure Node.js has already run (or scheduled) the finalizer, which owns `hint`: never
+  // On failure Node.js has already run (or scheduled) the finalizer, which owns `share`: never
   // delete it here. `mapping` then goes with it.
-  if (napi_create_external_arraybuffer(env, mapping->addr, mapping->size, ReleaseMapping, hint, &buffer) != napi_ok) {
+  if (napi_create_external_arraybuffer(env, mapping->addr, mapping->size, ReleaseMapping, share, &buffer) != napi_ok) {
     throw Napi::Error::New(env);  // the pending exception or the last Node-API error
+  }
+  // V8 counts the buffer's whole length as external memory, as if collecting the buffer could
+  // free it; guest RAM is released by close(), never by a collection. A count that rises by more
+  // than kV8ExternalSoftLimit above its lowest value since the last full collection starts
+  // another one. Taken off again here (and given back right before V8 takes it off itself), a
+  // buffer of at most half that limit never starts one; the other half is left for the process's
+  // other external memory. A larger buffer starts one at creation whatever is done afterwards
+  // (the rise is measured from the lowest count, which taking the count off would only lower),
+  // so its count is left as V8 keeps it: giving it back later would start a second one.
+  if (static_cast<int64_t>(mapping->size) <= kV8ExternalSoftLimit / 2) {
+    int64_t ignored = 0;
+    if (napi_adjust_external_memory(env, -static_cast<int64_t>(mapping->size), &ignored) == napi_ok) {
+      share->owed = static_cast<int64_t>(mapping->size);
+    }
   }
   MemoryEntry entry;
   entry.mapping = mapping;
+  entry.share = share;
   napi_create_reference(env, buffer, 0, &entry.buffer);
   memory_.push_back(std::move(entry));
+  // A transfer (postMessage, structuredClone) would move the memory out of this VM's reach while
+  // KVM and close() still use it: marked untransferable, a transfer copies it instead.
+  Napi::FunctionReference& mark = GetAddonData(env)->markUntransferable;
+  if (!mark.IsEmpty()) mark.Call({Napi::Value(env, buffer)});
   return Napi::Value(env, buffer);
 }
 
@@ -506,9 +673,7 @@ Napi::Value Vm::CreateVcpu(const Napi::CallbackInfo& info) {
   vcpu->fd = vcpuFd;
   vcpu->run = static_cast<kvm_run*>(run);
   vcpu->runSize = core_->runMmapSize;
-  vcpu->vm = core_.get();
-  core_->vcpus.push_back(vcpu);  // from here on the core closes the fd and unmaps the area
-  return Vcpu::NewInstance(env, Value(), this, vcpu);
+  return AdoptVcpu(env, Value(), std::move(vcpu));
 }
 
 Napi::Value Vm::SetExitHandlers(const Napi::CallbackInfo& info) {
@@ -522,7 +687,10 @@ Napi::Value Vm::SetExitHandlers(const Napi::CallbackInfo& info) {
   if (!io.IsFunction() || !event.IsFunction() || !stopped.IsFunction()) {
     ThrowType(env, "setExitHandlers: io, event and vcpuStopped must be functions");
   }
+  Napi::Value batch = h.Get("pioWriteBatch");
+  if (!batch.IsUndefined() && !batch.IsFunction()) ThrowType(env, "setExitHandlers: pioWriteBatch must be a function when given");
   handlers_ = Napi::Persistent(h);
+  if (batch.IsFunction()) onTxBatch_ = Napi::Persistent(batch.As<Napi::Function>());
   onIo_ = Napi::Persistent(io.As<Napi::Function>());
   onEvent_ = Napi::Persistent(event.As<Napi::Function>());
   onStopped_ = Napi::Persistent(stopped.As<Napi::Function>());
@@ -565,6 +733,52 @@ Napi::Value Vm::SetPioReadCache(const Napi::CallbackInfo& info) {
   return Napi::Boolean::New(env, core_->SetPioCache(port, v, seq));
 }
 
+Napi::Value Vm::DefineTransmitBuffer(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (torndown_) ThrowState(env, "defineTransmitBuffer: the VM is closed");
+  const uint32_t port = ArgU32(info, 0, "port");
+  const uint32_t capacity = ArgU32(info, 1, "capacity");
+  const uint32_t delayMs = ArgU32(info, 2, "maxDelayMs");
+  if (port > 0xffff) ThrowRange(env, "defineTransmitBuffer: port must lie in [0, 0x10000)");
+  if (capacity == 0 || capacity > 65536) ThrowRange(env, "defineTransmitBuffer: capacity must be 1..65536 bytes");
+  if (delayMs > 1000) ThrowRange(env, "defineTransmitBuffer: maxDelayMs must be 0..1000");
+  for (auto& v : core_->vcpus) {
+    if (v->started) ThrowState(env, "defineTransmitBuffer: call it before any vCPU starts");
+  }
+  if (txTimerFn_.IsEmpty()) {
+    std::weak_ptr<VmCore> weak = core_;
+    txTimerFn_ = Napi::Persistent(Napi::Function::New(env, [weak](const Napi::CallbackInfo& ci) {
+      std::shared_ptr<VmCore> core = weak.lock();
+      if (core && !core->closed && core->owner != nullptr) core->owner->OnTxTimer(ci.Env());
+    }));
+  }
+  txDelayMs_ = delayMs;
+  core_->DefineTxPort(port, capacity);
+  return env.Undefined();
+}
+
+Napi::Value Vm::SetTransmitDeferral(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const bool defer = info.Length() > 0 && info[0].ToBoolean().Value();
+  // A batch already waiting for the timer is taken at the next turn of the loop.
+  if (core_->SetTxDefer(defer) && !torndown_) ScheduleDrain(env);
+  return env.Undefined();
+}
+
+Napi::Value Vm::ExitStats(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const ExitCounters c = core_->Counters();
+  Napi::Object o = Napi::Object::New(env);
+  o.Set("records", Napi::Number::New(env, static_cast<double>(c.records)));
+  o.Set("txBatches", Napi::Number::New(env, static_cast<double>(c.txBatches)));
+  o.Set("txBytes", Napi::Number::New(env, static_cast<double>(c.txBytes)));
+  o.Set("signals", Napi::Number::New(env, static_cast<double>(c.signals)));
+  o.Set("deferredWakes", Napi::Number::New(env, static_cast<double>(c.deferredWakes)));
+  o.Set("drains", Napi::Number::New(env, static_cast<double>(c.drains)));
+  o.Set("jsCalls", Napi::Number::New(env, static_cast<double>(c.jsCalls)));
+  return o;
+}
+
 Napi::Value Vm::StopVcpus(const Napi::CallbackInfo& info) {
   core_->StopAll();
   return info.Env().Undefined();
@@ -583,6 +797,76 @@ Napi::Value Vm::ResumeVcpus(const Napi::CallbackInfo& info) {
 Napi::Value Vm::Close(const Napi::CallbackInfo& info) {
   Teardown(info.Env(), true);
   return info.Env().Undefined();
+}
+
+Napi::Value Vm::StopVcpusAsync(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  core_->RequestStop();
+  std::shared_ptr<VmCore> core = core_;
+  // The JS object stays referenced until the promise settles, so no finalizer joins concurrently.
+  auto self = std::make_shared<Napi::ObjectReference>(Napi::Persistent(Value()));
+  return AsyncTask::Start(
+      env, "kindling:stopVcpus", [core] { core->StopAll(); },
+      [self](Napi::Env e, Napi::Promise::Deferred& d) {
+        self->Reset();
+        d.Resolve(e.Undefined());
+      },
+      [self] { self->SuppressDestruct(); });
+}
+
+Napi::Value Vm::CloseAsync(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  // A close under way answers with its own promise: it resolves once all is released.
+  if (!closePromise_.IsEmpty()) return closePromise_.Value();
+  if (torndown_) {
+    Napi::Promise::Deferred d = Napi::Promise::Deferred::New(env);
+    d.Resolve(env.Undefined());
+    return d.Promise();
+  }
+  core_->RequestStop();
+  std::shared_ptr<VmCore> core = core_;
+  auto self = std::make_shared<Napi::ObjectReference>(Napi::Persistent(Value()));
+  // Two trips to the thread pool: the threads are joined there, then the JavaScript-thread part
+  // of the teardown runs (handlers of the records still queued, buffers detached), then the
+  // mappings are unmapped and the fds closed there.
+  Napi::Promise closing = AsyncTask::Start(
+      env, "kindling:close", [core] { core->StopAll(); },
+      [self, core](Napi::Env e, Napi::Promise::Deferred& d) {
+        Vm* vm = Vm::Unwrap(self->Value());
+        auto unmap = std::make_shared<std::vector<std::shared_ptr<Mapping>>>();
+        // A handler that throws while the last records are delivered fails the close, once
+        // everything is released.
+        std::shared_ptr<Napi::ObjectReference> error;
+        try {
+          vm->Teardown(e, true, unmap.get());
+        } catch (const Napi::Error& err) {
+          error = std::make_shared<Napi::ObjectReference>(Napi::Persistent(err.Value()));
+        }
+        d.Resolve(AsyncTask::Start(
+            e, "kindling:close", [unmap, core] { Release(*unmap, *core); },
+            [self, error](Napi::Env e2, Napi::Promise::Deferred& d2) {
+              // Done: later calls get a resolved promise (torndown_), not this one.
+              Vm::Unwrap(self->Value())->closePromise_.Reset();
+              self->Reset();
+              if (error) {
+                d2.Reject(error->Value());
+              } else {
+                d2.Resolve(e2.Undefined());
+              }
+            },
+            [self, error] {
+              self->SuppressDestruct();
+              if (error) error->SuppressDestruct();
+            }));
+      },
+      [self] { self->SuppressDestruct(); });
+  closePromise_ = Napi::Persistent(static_cast<Napi::Object>(closing));
+  return closing;
+}
+
+void Vm::Release(std::vector<std::shared_ptr<Mapping>>& unmap, VmCore& core) {
+  for (auto& m : unmap) m->Unmap();
+  core.CloseFds();
 }
 
 }  // namespace kindling

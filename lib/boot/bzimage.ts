@@ -77,10 +77,11 @@ function bad(message: string): BootError {
 }
 
 /**
- * Validates a bzImage without touching guest memory.
+ * Validates a bzImage without touching guest memory. `image` may be the start of the file only
+ * (at least the setup header) when `fileSize` gives the whole file's size.
  * @throws BootError BAD_IMAGE, UNSUPPORTED_PROTOCOL
  */
-export function parseBzImage(image: Uint8Array): BzImage {
+export function parseBzImage(image: Uint8Array, fileSize: number = image.length): BzImage {
   if (!isBzImage(image)) throw bad('no boot protocol header (HdrS at 0x202, 0xAA55 at 0x1FE)');
   const v = new DataView(image.buffer, image.byteOffset, image.byteLength);
   const version = v.getUint16(HDR_VERSION, true);
@@ -100,8 +101,8 @@ export function parseBzImage(image: Uint8Array): BzImage {
   }
   const setupSects = image[HDR_SETUP_SECTS] || DEFAULT_SETUP_SECTS;
   const payloadOffset = (setupSects + 1) * SECTOR_SIZE;
-  if (payloadOffset >= image.length) throw bad(`setup code (${setupSects} sectors) reaches past the end of the file`);
-  const payloadSize = image.length - payloadOffset;
+  if (payloadOffset >= fileSize) throw bad(`setup code (${setupSects} sectors) reaches past the end of the file`);
+  const payloadSize = fileSize - payloadOffset;
   if (payloadSize <= STARTUP_64_OFFSET) throw bad(`protected-mode kernel of ${payloadSize} bytes ends before its 64-bit entry at +0x200`);
 
   const alignment = v.getUint32(HDR_KERNEL_ALIGNMENT, true);

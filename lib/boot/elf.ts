@@ -94,10 +94,25 @@ function u64(view: DataView, off: number, what: string): number {
 }
 
 /**
- * Validates an ELF64 x86_64 executable without touching guest memory.
+ * Where the program headers of the ELF image that starts with `head` end (e_phoff + e_phnum *
+ * e_phentsize): how much of the file {@link parseElf} needs. Undefined when `head` is too short
+ * to tell.
+ */
+export function elfHeadersEnd(head: Uint8Array): number | undefined {
+  if (head.length < ELF64_EHDR_SIZE) return undefined;
+  const v = new DataView(head.buffer, head.byteOffset, head.byteLength);
+  const phoff = v.getBigUint64(E_PHOFF, true);
+  if (phoff >= BigInt(MAX_U64_NUMBER)) return undefined;
+  return Number(phoff) + v.getUint16(E_PHNUM, true) * v.getUint16(E_PHENTSIZE, true);
+}
+
+/**
+ * Validates an ELF64 x86_64 executable without touching guest memory. `image` may be the start
+ * of the file only (the headers, see {@link elfHeadersEnd}) when `fileSize` gives the whole
+ * file's size: segments are checked against that.
  * @throws BootError BAD_IMAGE with the reason
  */
-export function parseElf(image: Uint8Array): ElfImage {
+export function parseElf(image: Uint8Array, fileSize: number = image.length): ElfImage {
   if (image.length < ELF64_EHDR_SIZE) throw bad(`file is ${image.length} bytes, shorter than the ELF64 header`);
   const v = new DataView(image.buffer, image.byteOffset, image.byteLength);
   if (v.getUint32(0, true) !== ELF_MAGIC) throw bad('missing \\x7fELF magic');
@@ -114,7 +129,8 @@ export function parseElf(image: Uint8Array): ElfImage {
   const phnum = v.getUint16(E_PHNUM, true);
   if (phnum === 0 || phnum === PN_XNUM) throw bad(`e_phnum ${phnum} is not supported`);
   const phoff = u64(v, E_PHOFF, 'e_phoff');
-  if (phoff + phnum * ELF64_PHDR_SIZE > image.length) throw bad('program headers extend past the end of the file');
+  if (phoff + phnum * ELF64_PHDR_SIZE > fileSize) throw bad('program headers extend past the end of the file');
+  if (phoff + phnum * ELF64_PHDR_SIZE > image.length) throw bad('program headers extend past the bytes read');
   const rawEntry = v.getBigUint64(E_ENTRY, true);
 
   const segments: ElfSegment[] = [];
@@ -129,7 +145,7 @@ export function parseElf(image: Uint8Array): ElfImage {
       memsz: u64(v, ph + P_MEMSZ, `segment ${i} p_memsz`),
     };
     if (seg.filesz > seg.memsz) throw bad(`segment ${i} has p_filesz ${hex(seg.filesz)} > p_memsz ${hex(seg.memsz)}`);
-    if (seg.offset + seg.filesz > image.length) throw bad(`segment ${i} file bytes extend past the end of the file`);
+    if (seg.offset + seg.filesz > fileSize) throw bad(`segment ${i} file bytes extend past the end of the file`);
     if (seg.memsz === 0) continue;
     if (seg.paddr < HIMEM_START) {
       throw bad(`segment ${i} at ${hex(seg.paddr)} overlaps the boot structures below ${hex(HIMEM_START)}`);

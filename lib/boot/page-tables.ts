@@ -29,13 +29,19 @@ export function writePageTables(mem: GuestMemory): number {
   mem.slice(PML4_START, PAGE_SIZE).fill(0);
   mem.slice(PDPT_START, PAGE_SIZE).fill(0);
   mem.writeU64(PML4_START, PDPT_START | PTE_PRESENT | PTE_WRITABLE);
+  // Each page directory is built in a local page and written at once: 2048 entries one by one
+  // through bigint conversions took 0.2 ms, on the thread that starts every VM.
+  const pdPage = new Uint8Array(PAGE_SIZE);
+  const view = new DataView(pdPage.buffer);
   for (let g = 0; g < IDENTITY_MAP_GIB; g++) {
     const pd = PD_START + g * PAGE_SIZE;
     mem.writeU64(PDPT_START + g * ENTRY_SIZE, pd | PTE_PRESENT | PTE_WRITABLE);
     for (let i = 0; i < ENTRIES_PER_TABLE; i++) {
-      const phys = (g * ENTRIES_PER_TABLE + i) * LARGE_PAGE_SIZE;
-      mem.writeU64(pd + i * ENTRY_SIZE, phys + (PDE_PAGE_SIZE | PTE_PRESENT | PTE_WRITABLE));
+      const entry = (g * ENTRIES_PER_TABLE + i) * LARGE_PAGE_SIZE + (PDE_PAGE_SIZE | PTE_PRESENT | PTE_WRITABLE);
+      view.setUint32(i * ENTRY_SIZE, entry % 2 ** 32, true);
+      view.setUint32(i * ENTRY_SIZE + 4, Math.floor(entry / 2 ** 32), true);
     }
+    mem.write(pd, pdPage);
   }
   return PML4_START;
 }

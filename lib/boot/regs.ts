@@ -79,9 +79,13 @@ export function bootRegs(entry: number): Regs {
  * from KVM_GET_SREGS.
  */
 export function bootSregs(current: Sregs): Sregs {
+  return { ...current, ...bootSregsFields() };
+}
+
+/** The fields {@link bootSregs} sets (everything but APIC base, CR2, CR8 and LDT). */
+export function bootSregsFields(): Omit<Sregs, 'apicBase' | 'cr2' | 'cr8' | 'ldt'> {
   const seg = bootSegments();
   return {
-    ...current,
     cs: { ...seg.code },
     ds: { ...seg.data },
     es: { ...seg.data },
@@ -130,6 +134,17 @@ export function bootMsrs(): MsrEntry[] {
 function setDeliveryMode(lapic: Buffer, offset: number, mode: number): void {
   const reg = lapic.readUInt32LE(offset);
   lapic.writeUInt32LE(((reg & ~APIC_LVT_DELIVERY_MODE_MASK) | (mode << APIC_LVT_DELIVERY_MODE_SHIFT)) >>> 0, offset);
+}
+
+/**
+ * {@link configureLapicLint} as register-page edits (offset, the bits that change, their values),
+ * for a caller that applies them to the KVM_GET_LAPIC page itself.
+ */
+export function lapicLintEdits(): { offset: number; mask: number; bits: number }[] {
+  return [
+    { offset: APIC_LVT_LINT0, mask: APIC_LVT_DELIVERY_MODE_MASK, bits: APIC_MODE_EXTINT << APIC_LVT_DELIVERY_MODE_SHIFT },
+    { offset: APIC_LVT_LINT1, mask: APIC_LVT_DELIVERY_MODE_MASK, bits: APIC_MODE_NMI << APIC_LVT_DELIVERY_MODE_SHIFT },
+  ];
 }
 
 /**

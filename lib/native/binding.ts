@@ -6,6 +6,7 @@
 
 import * as fs from 'fs';
 import * as path from 'path';
+import { markAsUntransferable } from 'worker_threads';
 
 import { NativeError } from './errors';
 import type { NativeAddon, NativeKvm } from './types';
@@ -17,6 +18,8 @@ export type { NativeErrorCode } from './errors';
 interface RawAddon extends NativeAddon {
   /** Registers the constructor the addon uses for errno errors: `new ctor(code, message, ioctl, errno)`. */
   setErrorClass(ctor: typeof NativeError): void;
+  /** Registers the function the addon applies to every guest-memory buffer (a transfer then copies it). */
+  setUntransferableMarker(mark: (buffer: ArrayBuffer) => void): void;
   /** The real-time signal number that kicks vCPU threads out of KVM_RUN. */
   kickSignal: number;
 }
@@ -70,6 +73,7 @@ export function loadNative(): NativeAddon {
     );
   }
   raw.setErrorClass(NativeError);
+  raw.setUntransferableMarker(markAsUntransferable);
   cached = raw;
   return raw;
 }

@@ -144,6 +144,30 @@ export interface ExitHandlers {
   event(vcpu: number, info: VcpuEventInfo): VcpuVerdict;
   /** A vCPU thread has ended (after a Stop verdict, `stopVcpus()`, or a fatal KVM_RUN error). */
   vcpuStopped(vcpu: number): void;
+  /**
+   * Consecutive one-byte writes to the transmit-buffer port ({@link NativeVm.defineTransmitBuffer}),
+   * in order: byte `i` was written with seq `firstSeq + i`. Without this handler the same writes
+   * arrive through {@link ExitHandlers.io}, one call each. `bytes` is the handler's to keep.
+   */
+  pioWriteBatch?(vcpu: number, port: number, bytes: Uint8Array, firstSeq: number): void;
+}
+
+/** Counters of a VM's exit path ({@link NativeVm.exitStats}); all count from the VM's creation. */
+export interface ExitStats {
+  /** Records the vCPU threads queued (a transmit batch counts once). */
+  records: number;
+  /** Transmit batches among them. */
+  txBatches: number;
+  /** Bytes the transmit batches carried. */
+  txBytes: number;
+  /** Times a vCPU thread woke the event loop. */
+  signals: number;
+  /** Of which wakes that let a lone transmit batch wait for the transmit delay. */
+  deferredWakes: number;
+  /** Drains run from the event loop. */
+  drains: number;
+  /** JavaScript handler calls made (io, event, vcpuStopped, pioWriteBatch). */
+  jsCalls: number;
 }
 
 /** Arguments of `KVM_IOEVENTFD`. */
@@ -269,6 +293,111 @@ export interface NativeTap {
   offloads: number;
 }
 
+/**
+ * A KVM memory slot of {@link VmSetup}: bytes `[offset, offset+size)` of memory buffer `buffer`
+ * at guest physical address `guestAddr`.
+ */
+export interface MemorySlotSetup {
+  /** KVM memory slot number. */
+  slot: number;
+  /** Guest physical address of the slot. */
+  guestAddr: number;
+  /** Index of the buffer in {@link VmSetup.memory}. */
+  buffer: number;
+  /** Where the slot starts in that buffer. */
+  offset: number;
+  /** Length in bytes. */
+  size: number;
+}
+
+/** A file range {@link VmSetup} reads into guest memory (a kernel segment, an initrd). */
+export interface GuestLoad {
+  /** The file. */
+  path: string;
+  /** First byte of the range in the file. */
+  fileOffset: number;
+  /** Bytes read; the file must have them all. */
+  length: number;
+  /** Guest physical address of the first byte; the range (and `zeroFill`) must lie in one slot. */
+  guestAddr: number;
+  /** Bytes zeroed after the range (an ELF segment's bss). */
+  zeroFill?: number;
+}
+
+/** A change to one 32-bit register of the LAPIC register page: `reg = (reg & ~mask) | (bits & mask)`. */
+export interface LapicEdit {
+  /** Byte offset in the 1024-byte page (4-byte aligned). */
+  offset: number;
+  /** The bits that change. */
+  mask: number;
+  /** Their new values. */
+  bits: number;
+}
+
+/** What {@link VmSetup} does to one vCPU after KVM_CREATE_VCPU, in this order. Omitted parts are left as KVM made them. */
+export interface VcpuSetup {
+  /** vCPU id (KVM_CREATE_VCPU). */
+  id: number;
+  /**
+   * KVM_SET_CPUID2: the entries, or the same packed as 7 words per entry (function, index, flags,
+   * eax, ebx, ecx, edx), which the addon converts much faster.
+   */
+  cpuid?: CpuidEntry[] | Uint32Array;
+  /** KVM_SET_MSRS (every entry must be accepted). */
+  msrs?: MsrEntry[];
+  /** KVM_GET_LAPIC, these edits, KVM_SET_LAPIC. */
+  lapic?: LapicEdit[];
+  /** KVM_SET_REGS. */
+  regs?: Regs;
+  /** KVM_GET_SREGS, the fields given here replace KVM's, KVM_SET_SREGS. */
+  sregs?: Partial<Sregs>;
+  /** KVM_GET_FPU, fcw and mxcsr replaced, KVM_SET_FPU. */
+  fpu?: FpuState;
+}
+
+/**
+ * A whole VM set-up for {@link NativeKvm.createVmAsync}, performed off the JavaScript thread in
+ * this order: KVM_CREATE_VM, KVM_SET_TSS_ADDR, KVM_SET_IDENTITY_MAP_ADDR, KVM_CREATE_IRQCHIP (if
+ * `irqchip`), KVM_CREATE_PIT2 (if `pit2Flags` is given), one anonymous mapping per entry of
+ * `memory`, KVM_SET_USER_MEMORY_REGION for each slot, the `loads` read into guest memory, the
+ * `writes` copied there, then each vCPU as {@link VcpuSetup} says, and its thread, created and held until
+ * {@link NativeVcpu.start} (which installs the seccomp filter on it before its first KVM_RUN).
+ */
+export interface VmSetup {
+  /**
+   * Sizes of the guest memory buffers: each one private, anonymous, MAP_NORESERVE mapping between
+   * guard pages, as {@link NativeVm.allocateMemory} makes (a multiple of 4096, at most
+   * {@link MAX_MEMORY_BUFFER}). May be empty (memory added later, e.g. from a snapshot).
+   */
+  memory: number[];
+  /** KVM_SET_TSS_ADDR. */
+  tssAddr: number;
+  /** KVM_SET_IDENTITY_MAP_ADDR. */
+  identityMapAddr: number;
+  /** KVM_CREATE_IRQCHIP. */
+  irqchip: boolean;
+  /** KVM_CREATE_PIT2 with these flags. */
+  pit2Flags?: number;
+  /** Memory slots over the buffers (recorded as `setUserMemoryRegion` would, for `setDirtyLogging`). */
+  slots?: MemorySlotSetup[];
+  /** File ranges to read into guest memory. */
+  loads?: GuestLoad[];
+  /** Bytes to copy into guest memory after the loads, each range inside one slot. */
+  writes?: { guestAddr: number; bytes: Uint8Array }[];
+  /** vCPUs to create. */
+  vcpus: VcpuSetup[];
+}
+
+/** What {@link NativeKvm.createVmAsync} made. */
+export interface VmSetupResult {
+  /** The VM; its `close()` releases everything below. */
+  vm: NativeVm;
+  /** Guest RAM, one buffer per {@link VmSetup.memory} entry, as {@link NativeVm.allocateMemory} would have returned them. */
+  memory: ArrayBuffer[];
+  /** The vCPUs, in the order of {@link VmSetup.vcpus}, not started. */
+  vcpus: NativeVcpu[];
+}
+
 /** `/dev/kvm`. */
 export interface NativeKvm {
   /** KVM_GET_API_VERSION (12 on every supported kernel). */
@@ -281,6 +410,12 @@ export interface NativeKvm {
   msrIndexList(): number[];
   /** KVM_CREATE_VM (type 0). */
   createVm(): NativeVm;
+  /**
+   * The whole set-up of {@link VmSetup} on a thread-pool thread: the JavaScript thread only
+   * checks the description and wraps the result. Rejects with the NativeError of the first call
+   * that failed, after releasing everything made until then.
+   */
+  createVmAsync(setup: VmSetup): Promise<VmSetupResult>;
   /** Closes the system fd (idempotent). */
   close(): void;
 }
@@ -386,12 +521,36 @@ export interface NativeVm {
    */
   setPioReadCache(port: number, value: number, seq: number): boolean;
   /**
+   * Declares `port` the transmit-buffer port (a UART's THR): one-byte guest writes to it are
+   * appended to one record, delivered to {@link ExitHandlers.pioWriteBatch} in order with every
+   * other record, instead of one record each. A batch ends when another record is queued, when it
+   * holds `capacity` bytes (1..65536) or when JavaScript takes it. A batch alone in the queue wakes
+   * JavaScript only after `maxDelayMs` (0..1000), so steady output costs one handler call per
+   * `maxDelayMs` instead of one per byte; any other record wakes it at once. Call before any vCPU
+   * starts.
+   */
+  defineTransmitBuffer(port: number, capacity: number, maxDelayMs: number): void;
+  /**
+   * Whether a transmit batch alone may wait for `maxDelayMs` ({@link NativeVm.defineTransmitBuffer})
+   * before JavaScript takes it (the default); `false`: the first byte of a batch wakes JavaScript
+   * at once, as any other record does (bytes written before the wake is handled still share
+   * one record). For a driver that waits for the UART's transmit interrupt after a few bytes.
+   */
+  setTransmitDeferral(defer: boolean): void;
+  /** Counters of the exit path. */
+  exitStats(): ExitStats;
+  /**
    * Kicks every running vCPU out of KVM_RUN (immediate_exit + signal), cancels waits for
    * JavaScript answers and joins the threads. Idempotent; safe inside a handler. A cancelled read
    * gets all-ones and its handler is not called. `vcpuStopped` arrives later on the event loop
    * (or in `flushExits()` / `close()`). Threads cannot be started again afterwards.
    */
   stopVcpus(): void;
+  /**
+   * {@link NativeVm.stopVcpus} with the waiting for the threads done on a thread-pool thread:
+   * the threads are told to stop at once, the promise resolves once they have ended.
+   */
+  stopVcpusAsync(): Promise<void>;
   /** Parks every vCPU outside KVM_RUN; returns once all are parked. */
   pauseVcpus(): void;
   /** Releases parked vCPUs. */
@@ -401,6 +560,15 @@ export interface NativeVm {
    * the vCPU fds, unmaps and detaches memory, closes the VM fd. Idempotent.
    */
   close(): void;
+  /**
+   * {@link NativeVm.close} with the slow parts on a thread-pool thread (waiting for the vCPU
+   * threads; unmapping guest memory and closing the VM fd, which waits for KVM to destroy the VM).
+   * The handlers of the records still queued run on the JavaScript thread in between; the buffers
+   * are detached and the VM counts as closed from then on. Resolves once everything is released
+   * (rejects with a handler's error, after releasing everything). A call while one is under way
+   * returns the same promise.
+   */
+  closeAsync(): Promise<void>;
 }
 
 /**
@@ -445,6 +613,17 @@ export interface NativeVcpu {
    * (e.g. EINVAL for a program the kernel refuses); the vCPU is then not started
    */
   start(seccompFilter?: Uint8Array): void;
+  /**
+   * For a vCPU made by {@link NativeKvm.createVmAsync} (its thread exists, held before its first
+   * KVM_RUN): has the thread install `seccompFilter` as {@link NativeVcpu.start} would, and
+   * resolves once it is in place, the waiting done on a thread-pool thread instead of the
+   * JavaScript thread. `start()` (without a filter) then only lets the thread run. Until then the
+   * vCPU counts as not started (`runState` `'idle'`, register calls allowed).
+   * @throws Error for a vCPU not made by createVmAsync, or already started or prepared
+   * @returns rejects with the NativeError of a refused filter; the vCPU is then not started, and
+   *   `start()` makes it a new thread
+   */
+  prepareStart(seccompFilter?: Uint8Array): Promise<void>;
   /**
    * Where the run thread is: `'idle'` (not started), `'running'`, `'waiting'` (for a handler's
    * answer, i.e. in the middle of an I/O instruction), `'parked'` (paused between instructions)

@@ -104,6 +104,25 @@ export class ExitDispatcher {
     }
   }
 
+  /**
+   * One-byte port writes batched by the native layer (the UART's THR, see
+   * `NativeVm.defineTransmitBuffer`): byte `i` was written with seq `firstSeq + i`, and is handled
+   * as {@link ExitDispatcher.io} would handle it, in order.
+   */
+  pioWriteBatch(port: number, bytes: Uint8Array, firstSeq: number): void {
+    const { pio } = this.env;
+    try {
+      for (let i = 0; i < bytes.length; i++) {
+        // Before the write: a device may publish its state for this seq from inside it.
+        this.lastSeq = firstSeq + i;
+        this.counters.pioWrites++;
+        pio.write(port, 1, bytes[i]);
+      }
+    } catch (e) {
+      this.env.finish({ reason: 'error', message: `device error at 0x${port.toString(16)}: ${(e as Error).message}` });
+    }
+  }
+
   /** A non-I/O exit: resume (after a workaround) or end the machine. */
   event(vcpuId: number, info: VcpuEventInfo): VcpuVerdict {
     this.counters.events++;

@@ -1,22 +1,24 @@
 /**
  * A running machine: the KVM VM, its memory, devices and vCPU threads, wired together.
  *
- * {@link startMachine} reads as the order things are built in: files, VM, memory, devices, boot
- * memory, vCPUs, exit dispatch, run. {@link restoreMachine} builds the same machine from a
- * snapshot: VM, memory from the memory file, the same devices in the same order with their saved
- * state, vCPUs and VM state from the state file, run. Teardown releases everything in reverse,
- * exactly once, whatever failed. The `MicroVM` façade only sees the {@link MachineHandle} these
+ * {@link startMachine} reads as the order things are built in: the image plan (kernel headers,
+ * initrd size) and the boot structures, then the VM with its memory, kernel, initrd, boot
+ * structures and set-up vCPUs in one call the addon performs on the thread pool (native-setup.ts),
+ * devices (where the command line announced them), exit dispatch, run.
+ * {@link restoreMachine} builds the same machine from a snapshot: VM and bare vCPUs (thread pool),
+ * memory from the memory file, the same devices in the same order with their saved state, vCPU
+ * and VM state from the state file, run. Teardown releases everything in reverse, exactly once,
+ * whatever failed; waiting for the vCPU threads, unmapping guest memory and closing the VM happen
+ * on the thread pool. The `MicroVM` façade only sees the {@link MachineHandle} these
  * return: every call on it is asynchronous, so that the same façade can later drive a machine in
  * another process.
  *
  * This is the only module outside `lib/native` that holds native handles.
  * @module
  */
-import { promises as fsp } from 'fs';
-import { GuestMemory, splitRegions, type RegionSpec } from '../memory/guest-memory';
+import { GuestMemory, type RegionSpec } from '../memory/guest-memory';
 import { IoBus, type IrqLine } from '../bus';
-import type { NativeAddon, NativeKvm, NativeVm, NativeVcpu } from '../native/types';
-import { MAX_MEMORY_BUFFER } from '../native/types';
+import type { NativeAddon, NativeKvm, NativeVm, NativeVcpu, VmSetup, VmSetupResult } from '../native/types';
 import { vcpuSeccompFilter } from '../seccomp';
 import * as boot from '../boot';
 import * as cpu from '../cpu';
@@ -32,8 +34,10 @@ import {
 } from '../snapshot';
 import { composeCmdline, orderedDrives, type VmConfig, type DeviceSpec } from './config';
 import { VmError } from './errors';
-import { DeviceManager } from './device-manager';
-import { createVcpus } from './vcpu-setup';
+import { DeviceManager, announcement, virtioPlacement } from './device-manager';
+import { bootVcpuSetups, supportedCpuid } from './vcpu-setup';
+import { bootVmSetup, planImages, ramLayout, restoreVmSetup } from './native-setup';
+import { startTurn } from './start-turns';
 import { ExitDispatcher, type ExitInfo } from './exit-dispatch';
 import type { VmMetrics } from './metrics';
 import { blockDeviceKind } from '../devices/block/config';
@@ -89,11 +93,17 @@ const REQUIRED_CAPS: [number, string][] = [
 ];
 /** KVM_GET_API_VERSION has answered 12 since Linux 2.6.22. */
 const KVM_API_VERSION = 12;
-/** KVM_PIT_SPEAKER_DUMMY: the PIT's speaker port is handled in the kernel and makes no exits. */
-const KVM_PIT_SPEAKER_DUMMY = 1;
-/** Where KVM puts the 3-page TSS and the identity-map page that VMX real mode needs (Firecracker's choice). */
-const KVM_TSS_ADDRESS = 0xfffbd000;
-const KVM_IDENTITY_MAP_ADDRESS = 0xfffbc000;
+/** COM1's transmit holding register (THR, offset 0): its byte writes are batched natively. */
+const SERIAL_THR_PORT = SERIAL_PORT_BASE;
+/** Bytes per transmit batch record. */
+const SERIAL_TX_BATCH_BYTES = 4096;
+/**
+ * How long guest output alone may wait before JavaScript takes it: one handler call per this
+ * many milliseconds of steady output instead of one per byte. Any other exit (a read, a reset,
+ * a register write) hands it over at once, in order; and while the guest has the THRE interrupt
+ * enabled (interrupt-driven transmit) nothing waits (see Serial's onTransmitInterruptChange).
+ */
+const SERIAL_TX_MAX_DELAY_MS = 2;
 /** Version of the `machine` record a snapshot keeps (the configuration the machine is rebuilt from). */
 const MACHINE_RECORD_VERSION = 1;
 
@@ -220,13 +230,36 @@ interface MachineRecord {
  */
 export async function startMachine(config: VmConfig, opts: StartOptions): Promise<MachineHandle> {
   if (!config.kernel) throw new ConfigError('NO_KERNEL', 'call kernel() before start()');
-  // Read files before creating anything, so a vanished file costs no KVM set-up.
-  const kernelImage = await readInput(config.kernel.path, 'kernel');
-  const initrd = config.kernel.initrd ? await readInput(config.kernel.initrd, 'initrd') : undefined;
-  return withVm(config, opts.addon, async (kvm, vm) => {
-    const memory = allocateMemory(vm, config.memoryMib * 1024 * 1024);
-    const machine = new Machine(config, opts, kvm, vm, memory);
-    await machine.build({ kernelImage, initrd });
+  // Many starts at once take one loop iteration each for their JavaScript part (start-turns.ts).
+  await startTurn();
+  const memSize = config.memoryMib * 1024 * 1024;
+  // Plan the image loads before creating anything, so a vanished file or a bad image costs no KVM
+  // set-up. Only the kernel's headers are read here; the addon reads the images into guest memory.
+  const images = planImages(config.kernel.path, config.kernel.initrd, memSize);
+  const ram = ramLayout(memSize);
+  const quirks = hostQuirksOf(config);
+  // The command line announces the virtio devices where the device manager will place them (it
+  // checks that it did); the boot structures are built here and written by the addon with the
+  // rest, so that no page of fresh guest memory is first touched on this thread.
+  const announcements = plannedAnnouncements(config);
+  const cmdline = composeCmdline(config.kernel.cmdline, {
+    root: config.drives.find((d) => d.root),
+    announcements,
+    extra: quirks.emulatedKvm ? cpu.quirkCmdlineArgs() : [],
+  });
+  const image = boot.bootMemoryImage({
+    kernel: images.kernel.plan.kernel, cmdline, initrdPlacement: images.initrd?.placement, vcpuCount: config.vcpus, memSize,
+  });
+  const vcpus = (kvm: NativeKvm) => bootVcpuSetups({
+    count: config.vcpus,
+    entry: images.kernel.plan.kernel.entry,
+    supportedCpuid: supportedCpuid(kvm, config.kvmPath),
+    quirks,
+  });
+  return withVm(config, opts.addon, (kvm) => bootVmSetup(ram, images, image.writes, vcpus(kvm)), async (kvm, made) => {
+    const memory = ram.regions.map((r) => ({ guestAddr: r.guestAddr, size: r.size, slot: r.slot, fileOffset: r.fileOffset, buffer: made.memory[r.buffer], byteOffset: r.byteOffset }));
+    const machine = new Machine(config, opts, kvm, made.vm, memory, { slotsRegistered: true, vcpus: made.vcpus });
+    await machine.build({ cmdline: image.setup.cmdline, announcements });
     return machine;
   });
 }
@@ -240,11 +273,11 @@ export async function startMachine(config: VmConfig, opts: StartOptions): Promis
 export async function restoreMachine(
   snap: LoadedSnapshot, config: VmConfig, opts: StartOptions & { memory: 'map' | 'copy'; paused: boolean },
 ): Promise<MachineHandle> {
-  return withVm(config, opts.addon, async (kvm, vm) => {
+  return withVm(config, opts.addon, () => restoreVmSetup(snap.state.vcpuCount), async (kvm, made) => {
     // restoreMemory has registered the slots already.
-    const buffer = await restoreMemory(vm, snap, opts.memory);
+    const buffer = await restoreMemory(made.vm, snap, opts.memory);
     const memory = snap.state.memory.regions.map((r) => ({ ...r, buffer, byteOffset: r.fileOffset }));
-    const machine = new Machine(config, opts, kvm, vm, memory, { slotsRegistered: true });
+    const machine = new Machine(config, opts, kvm, made.vm, memory, { slotsRegistered: true, vcpus: made.vcpus });
     await machine.build({ snapshot: snap, paused: opts.paused });
     return machine;
   });
@@ -261,8 +294,16 @@ export function machineConfigOf(snap: LoadedSnapshot): { config: VmConfig; cmdli
   return { config: m.config, cmdline: typeof m.cmdline === 'string' ? m.cmdline : '' };
 }
 
-/** Opens KVM, checks it, creates the VM and runs `build`; releases everything if it fails. */
-async function withVm(config: VmConfig, addon: NativeAddon, build: (kvm: NativeKvm, vm: NativeVm) => Promise<MachineHandle>): Promise<MachineHandle> {
+/**
+ * Opens KVM, checks it, has the addon create and set up the VM as `setup` describes (on the
+ * thread pool) and runs `build`; releases everything if it fails.
+ */
+async function withVm(
+  config: VmConfig,
+  addon: NativeAddon,
+  setup: (kvm: NativeKvm) => VmSetup,
+  build: (kvm: NativeKvm, made: VmSetupResult) => Promise<MachineHandle>,
+): Promise<MachineHandle> {
   let kvm: NativeKvm;
   try {
     kvm = addon.openKvm(config.kvmPath);
@@ -272,11 +313,12 @@ async function withVm(config: VmConfig, addon: NativeAddon, build: (kvm: NativeK
   let vm: NativeVm | undefined;
   try {
     checkKvm(kvm);
-    vm = createVm(kvm);
-    return await build(kvm, vm);
+    const made = await kvm.createVmAsync(setup(kvm));
+    vm = made.vm;
+    return await build(kvm, made);
   } catch (e) {
     // A machine that got far enough has released everything itself (Machine.build); these are idempotent.
-    try { vm?.close(); } catch { /* already failing */ }
+    try { await vm?.closeAsync(); } catch { /* already failing */ }
     try { kvm.close(); } catch { /* already failing */ }
     // Typed errors of our own modules say what was wrong; a failed ioctl or anything unexpected
     // becomes START_FAILED with the original as its cause.
@@ -285,12 +327,19 @@ async function withVm(config: VmConfig, addon: NativeAddon, build: (kvm: NativeK
   }
 }
 
-async function readInput(path: string, what: string): Promise<Buffer> {
-  try {
-    return await fsp.readFile(path);
-  } catch (e) {
-    throw new ConfigError(what === 'kernel' ? 'KERNEL_NOT_FOUND' : 'INITRD_NOT_FOUND', `cannot read the ${what} ${path}: ${(e as Error).message}`);
-  }
+/**
+ * The `virtio_mmio.device=` arguments of `config`'s virtio devices, in the order the machine
+ * attaches them (the drives, root first, then the other devices): where the device manager places
+ * the `i`-th one.
+ */
+function plannedAnnouncements(config: VmConfig): string[] {
+  const count = config.drives.length + config.devices.length;
+  return Array.from({ length: count }, (_, i) => announcement(virtioPlacement(i, config.bootTimer)));
+}
+
+/** The host workarounds in force for `config`. */
+function hostQuirksOf(config: VmConfig): cpu.HostQuirks {
+  return config.hostQuirks === 'auto' ? cpu.detectHostQuirks() : { emulatedKvm: config.hostQuirks === 'emulated-kvm' };
 }
 
 function checkKvm(kvm: NativeKvm): void {
@@ -299,15 +348,6 @@ function checkKvm(kvm: NativeKvm): void {
   for (const [cap, name] of REQUIRED_CAPS) {
     if (kvm.checkExtension(cap) <= 0) throw new VmError('KVM_UNSUPPORTED', `KVM lacks the required capability KVM_CAP_${name}`);
   }
-}
-
-function createVm(kvm: NativeKvm): NativeVm {
-  const vm = kvm.createVm();
-  vm.setTssAddr(KVM_TSS_ADDRESS);
-  vm.setIdentityMapAddr(KVM_IDENTITY_MAP_ADDRESS);
-  vm.createIrqchip();
-  vm.createPit2(KVM_PIT_SPEAKER_DUMMY);
-  return vm;
 }
 
 /**
@@ -321,33 +361,9 @@ interface RamRegion extends MemoryRegionRecord {
   byteOffset: number;
 }
 
-/**
- * Guest RAM for a fresh machine: one anonymous mapping (and buffer) for all of it when it fits
- * the addon's 4 GiB buffer limit, else one per piece of at most 4 GiB (`splitRegions`). The
- * memory file of a snapshot lays the regions out one after the other (`fileOffset`).
- */
-function allocateMemory(vm: NativeVm, memSize: number): RamRegion[] {
-  const layout = boot.memoryRegions(memSize);
-  if (memSize <= MAX_MEMORY_BUFFER) {
-    const buffer = vm.allocateMemory(memSize);
-    let offset = 0;
-    return layout.map((r, slot) => {
-      const region = { guestAddr: r.guestAddr, size: r.size, slot, buffer, byteOffset: offset, fileOffset: offset };
-      offset += r.size;
-      return region;
-    });
-  }
-  let fileOffset = 0;
-  return splitRegions(layout, MAX_MEMORY_BUFFER).map((r, slot) => {
-    const region = { guestAddr: r.guestAddr, size: r.size, slot, buffer: vm.allocateMemory(r.size), byteOffset: 0, fileOffset };
-    fileOffset += r.size;
-    return region;
-  });
-}
-
 /** How {@link Machine.build} fills the machine: from a kernel, or from a snapshot. */
 type BuildSource =
-  | { kernelImage: Buffer; initrd: Buffer | undefined }
+  | { cmdline: string; announcements: readonly string[] }
   | { snapshot: LoadedSnapshot; paused: boolean };
 
 /** See the module comment. Create with {@link startMachine} or {@link restoreMachine}. */
@@ -381,12 +397,13 @@ class Machine implements MachineHandle {
     private readonly kvm: NativeKvm,
     private readonly vm: NativeVm,
     private readonly regions: readonly RamRegion[],
-    placed: { slotsRegistered?: boolean } = {},
+    placed: { slotsRegistered?: boolean; vcpus?: readonly NativeVcpu[] } = {},
   ) {
     const { addon, events } = opts;
     this.events = events;
     this.kinds = opts.kinds ?? BUILTIN_DEVICE_KINDS;
-    this.quirks = config.hostQuirks === 'auto' ? cpu.detectHostQuirks() : { emulatedKvm: config.hostQuirks === 'emulated-kvm' };
+    this.quirks = hostQuirksOf(config);
+    if (placed.vcpus) this.vcpus.push(...placed.vcpus);
     if (!placed.slotsRegistered) for (const r of regions) vm.setUserMemoryRegion(r.slot, r.guestAddr, r.buffer, r.byteOffset, r.size);
     const specs: RegionSpec[] = regions.map((r) => ({ guestAddr: r.guestAddr, buffer: r.buffer, byteOffset: r.byteOffset, size: r.size }));
     // Diff snapshots need the pages the host writes too (KVM's dirty log sees only the guest's).
@@ -401,6 +418,10 @@ class Machine implements MachineHandle {
       onInputSpace: () => events.serialInputSpace(),
       // The UART keeps the native LSR read cache right: it says when its LSR may have changed.
       onLsrChange: () => this.publishLsr(),
+      // A driver waiting for the THRE interrupt must get its THR writes handled at once.
+      onTransmitInterruptChange: (enabled) => {
+        if (!this.ended) vm.setTransmitDeferral(!enabled);
+      },
     });
     this.i8042 = new I8042({
       irq: new KvmIrqLine(vm, I8042_IRQ),
@@ -421,6 +442,12 @@ class Machine implements MachineHandle {
   /** Devices, guest memory contents (or saved state), vCPUs, then run. Releases everything if any step fails. */
   async build(src: BuildSource): Promise<void> {
     const { config, vm } = this;
+    // Each vCPU thread filters its own system calls from its first KVM_RUN on (lib/seccomp). The
+    // threads made with the VM install their filters now, while the devices are built, and wait;
+    // the JavaScript thread waits for none of it.
+    const overcommitPathAddress = this.opts.addon.libcStringAddress(GLIBC_OVERCOMMIT_PATH);
+    const prepared = Promise.all(this.vcpus.map((v) => v.prepareStart(config.seccomp === false ? undefined : vcpuSeccompFilter({ vcpuFd: v.fd, overcommitPathAddress }))));
+    prepared.catch(() => undefined); // awaited below; a failure before then must not go unhandled
     try {
       await this.attachDevices();
       if ('snapshot' in src) {
@@ -431,31 +458,25 @@ class Machine implements MachineHandle {
           vm.pauseVcpus();
         }
       } else {
-        const kernel = boot.loadKernel(this.memory, src.kernelImage);
-        this.cmdline = composeCmdline(config.kernel!.cmdline, {
-          root: config.drives.find((d) => d.root),
-          announcements: this.devices.announcements(),
-          extra: this.quirks.emulatedKvm ? cpu.quirkCmdlineArgs() : [],
-        });
-        boot.setupBootMemory(this.memory, {
-          kernel,
-          cmdline: this.cmdline,
-          initrd: src.initrd,
-          vcpuCount: config.vcpus,
-          memSize: config.memoryMib * 1024 * 1024,
-        });
-        this.vcpus.push(...createVcpus(this.kvm, vm, { count: config.vcpus, entry: kernel.entry, quirks: this.quirks }));
+        // Kernel, initrd and boot structures are in guest memory and the vCPUs are set up: the
+        // addon did all of it with the VM (startMachine). The command line it wrote announced the
+        // devices where startMachine expected them.
+        const placed = this.devices.announcements();
+        if (placed.length !== src.announcements.length || placed.some((a, i) => a !== src.announcements[i])) {
+          throw new VmError('START_FAILED', `the devices were placed at ${placed.join(' ')}, the command line announced ${src.announcements.join(' ')}`);
+        }
+        this.cmdline = src.cmdline;
       }
       vm.setExitHandlers({
         io: (kind, _vcpu, addr, size, value, seq) => this.dispatch.io(kind, addr, size, value, seq),
+        pioWriteBatch: (_vcpu, port, bytes, firstSeq) => this.dispatch.pioWriteBatch(port, bytes, firstSeq),
         event: (vcpu, info) => this.dispatch.event(vcpu, info),
         vcpuStopped: () => this.onVcpuStopped(),
       });
       this.publishLsr();
+      await prepared;
       this.runningVcpus = this.vcpus.length;
-      // Each vCPU thread filters its own system calls from its first KVM_RUN on (lib/seccomp).
-      const overcommitPathAddress = this.opts.addon.libcStringAddress(GLIBC_OVERCOMMIT_PATH);
-      for (const v of this.vcpus) v.start(config.seccomp === false ? undefined : vcpuSeccompFilter({ vcpuFd: v.fd, overcommitPathAddress }));
+      for (const v of this.vcpus) v.start();
     } catch (e) {
       this.ended = true;
       await this.release();
@@ -470,8 +491,10 @@ class Machine implements MachineHandle {
   private async attachDevices(): Promise<void> {
     this.devices.attachPio(this.serial, SERIAL_PORT_BASE, SERIAL_PORT_LEN);
     this.devices.attachPio(this.i8042, I8042_PORT_BASE, I8042_PORT_LEN);
-    // LSR polls of the UART are answered by the vCPU threads from a cache.
+    // LSR polls of the UART are answered by the vCPU threads from a cache, and its output is
+    // collected natively into batches.
     this.vm.definePioReadCache(SERIAL_PORT_BASE, SERIAL_PORT_LEN, SERIAL_CACHE_TRANSPARENT_WRITE_MASK);
+    this.vm.defineTransmitBuffer(SERIAL_THR_PORT, SERIAL_TX_BATCH_BYTES, SERIAL_TX_MAX_DELAY_MS);
     // The POST/delay port: Linux's outb_p and guests' delay loops write it all the time.
     this.vm.definePioSink(POST_PORT, 1);
     if (this.bootTimer) this.devices.attachMmio(this.bootTimer, BOOT_TIMER_MMIO_BASE, BOOT_TIMER_WINDOW_LEN);
@@ -507,7 +530,7 @@ class Machine implements MachineHandle {
   /** Restores vCPUs, VM and device state from a snapshot into this freshly built machine. */
   private restoreState(snap: LoadedSnapshot): void {
     const { state } = snap;
-    for (let id = 0; id < state.vcpuCount; id++) this.vcpus.push(this.vm.createVcpu(id));
+    // The vCPUs were created with the VM (restoreVmSetup: one per saved vCPU).
     const host = hostProfile(this.kvm, this.vm, this.vcpus[0]);
     checkHostCompatibility(state, host);
     restoreVcpus(this.vcpus, state, host);
@@ -571,7 +594,8 @@ class Machine implements MachineHandle {
   private async teardown(): Promise<ExitInfo> {
     this.ended = true;
     try {
-      this.vm.stopVcpus();
+      // The threads are told to stop at once and waited for off the JavaScript thread.
+      await this.vm.stopVcpusAsync();
       // Handle what the vCPUs posted before they stopped (the last serial bytes among them).
       this.vm.flushExits();
     } catch { /* the VM is going away either way */ }
@@ -592,7 +616,8 @@ class Machine implements MachineHandle {
       this.closeErrors = failed.length;
       return failed;
     } finally {
-      try { this.vm.close(); } catch { /* nothing left to do */ }
+      // Unmapping guest memory and closing the VM fd (KVM destroys the VM then) happen off-thread.
+      try { await this.vm.closeAsync(); } catch { /* nothing left to do */ }
       try { this.kvm.close(); } catch { /* nothing left to do */ }
     }
   }
@@ -616,6 +641,9 @@ class Machine implements MachineHandle {
       if (this.ended) return;
       this.vm.pauseVcpus();
     }
+    // What the guest did before it parked is handled now, not when the loop gets to it: the UART
+    // output it wrote among it (a transmit batch may wait for its delay otherwise).
+    this.flushExits();
   }
 
   async resume(): Promise<void> {

@@ -599,8 +599,17 @@ export class MicroVM extends EventEmitter<MicroVMEvents> {
     const prepare = (o.prepare as ClonesOptions['prepare']) ?? ((_i: number, opts: RestoreOptions) => opts);
     const snap = await loadSnapshot(dir);
     const vms: MicroVM[] = [];
+    const toResume: MicroVM[] = [];
     try {
-      for (let i = 0; i < count; i++) vms.push(await MicroVM.restoreLoaded(snap, prepare(i, {})));
+      // Each clone is restored paused and those that asked to run are resumed together at the
+      // end: a restore waits for the thread pool, and a clone running meanwhile would print
+      // before the caller has it to listen.
+      for (let i = 0; i < count; i++) {
+        const { vm, resume } = await MicroVM.restoreLoadedHeld(snap, prepare(i, {}));
+        vms.push(vm);
+        if (resume) toResume.push(vm);
+      }
+      for (const vm of toResume) await vm.resumeHeld();
     } catch (e) {
       await Promise.all(vms.map((vm) => vm.stop()));
       throw e;
@@ -627,8 +636,17 @@ export class MicroVM extends EventEmitter<MicroVMEvents> {
   }
 
   private static async restoreLoaded(snap: LoadedSnapshot, options: RestoreOptions): Promise<MicroVM> {
+    return (await MicroVM.restoreLoadedHeld(snap, options, false)).vm;
+  }
+
+  /**
+   * Restores one VM; with `hold` it starts paused whatever `options.resume` says, and `resume`
+   * tells whether the caller should let it run ({@link MicroVM.resumeHeld}).
+   */
+  private static async restoreLoadedHeld(snap: LoadedSnapshot, options: RestoreOptions, hold = true): Promise<{ vm: MicroVM; resume: boolean }> {
     const o = checkOptionsObject(options, ['id', 'resume', 'memory', 'drives', 'devices', 'nics', 'vsock'], 'restore options', 'INVALID_OPTION');
     const resume = checkBoolean(o.resume, 'restore resume', 'INVALID_OPTION', true);
+    const paused = !resume || hold;
     const memory = checkOneOf(o.memory, 'restore memory', 'INVALID_OPTION', ['map', 'copy'] as const, 'map');
     const saved = machineConfigOf(snap).config;
     const vm = new MicroVM({ ...(o.id !== undefined ? { id: o.id as string } : {}), kvmPath: saved.kvmPath, hostQuirks: saved.hostQuirks, seccomp: saved.seccomp !== false });
@@ -639,12 +657,19 @@ export class MicroVM extends EventEmitter<MicroVMEvents> {
     vm.rebuildServices();
     vm.starting = vm.doStart(
       (events, addon) => restoreMachine(snap, vm.config, {
-        addon, events, customDevices: vm.customDevices, mmds: vm.mmdsStore, links: vm.links, memory, paused: !resume,
+        addon, events, customDevices: vm.customDevices, mmds: vm.mmdsStore, links: vm.links, memory, paused,
       }),
-      !resume,
+      paused,
     );
     await vm.starting;
-    return vm;
+    return { vm, resume };
+  }
+
+  /** Lets a VM restored with `hold` run, as if it had been restored running (no 'resume' event). */
+  private async resumeHeld(): Promise<void> {
+    if (this.stateValue !== 'paused' || !this.handle) return;
+    await this.handle.resume();
+    if (this.stateValue === 'paused') this.stateValue = 'running';
   }
 
   private onExited(info: ExitInfo, emit = true): void {

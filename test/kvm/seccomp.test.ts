@@ -7,7 +7,7 @@ import * as fs from 'fs';
 import { MicroVM } from '../../lib/vm/microvm';
 import { loadNative } from '../../lib/native/binding';
 import { VcpuVerdict } from '../../lib/native/types';
-import { SYSCALLS } from '../../lib/seccomp';
+import { SYSCALLS, vcpuSeccompFilter } from '../../lib/seccomp';
 import { ADDON_PATH, runNode, type RefusedCall } from '../unit/helpers/native-hooks';
 import { describeKvm, guest } from './harness';
 
@@ -69,6 +69,73 @@ describeKvm('seccomp on vCPU threads', () => {
       expect(Number(m![1])).toBe(Number(fd![1]));
       expect(m![2]).toBe('0x8090ae81');
     }
+  });
+
+  it('a vCPU made with its thread by createVmAsync installs its filter at start(), and a refused one leaves it startable', async () => {
+    const addon = loadNative();
+    const kvm = addon.openKvm();
+    const made = await kvm.createVmAsync({ memory: [], tssAddr: 0xfffbd000, identityMapAddr: 0xfffbc000, irqchip: false, vcpus: [{ id: 0 }, { id: 1 }] });
+    const { vm, vcpus } = made;
+    try {
+      const stopped: number[] = [];
+      vm.setExitHandlers({ io: () => 0, event: () => VcpuVerdict.Stop, vcpuStopped: (id) => stopped.push(id) });
+      // The threads exist but wait at their gate: unfiltered, not in KVM_RUN.
+      expect(vcpus.map((v) => v.runState)).toEqual(['idle', 'idle']);
+      const badJump = Uint8Array.from([0x15, 0, 9, 0, 0, 0, 0, 0, 0x06, 0, 0, 0, 0, 0, 0xff, 0x7f]);
+      expect(() => vcpus[0].start(badJump)).toThrow(expect.objectContaining({ code: 'EINVAL', ioctl: 'seccomp(SECCOMP_SET_MODE_FILTER)' }));
+      expect(vcpus[0].getRegs().rip).toBe(0xfff0n);
+      // No memory, no irqchip: the guest's first fetch fails and the vCPU stops; what matters is
+      // the filter each thread had when it entered KVM_RUN.
+      vcpus[0].start();
+      vcpus[1].start(vcpuSeccompFilter({ vcpuFd: vcpus[1].fd }));
+      // Both threads wait for the verdict on their exit (or are still in KVM_RUN) until the loop turns.
+      expect(seccompStatus('kindling-cpu0')).toEqual(['NoNewPrivs: 0 Seccomp: 0 Seccomp_filters: 0']);
+      expect(seccompStatus('kindling-cpu1')).toEqual(['NoNewPrivs: 1 Seccomp: 2 Seccomp_filters: 1']);
+      await vm.closeAsync();
+      expect(stopped.sort()).toEqual([0, 1]);
+    } finally {
+      vm.close();
+      kvm.close();
+    }
+  });
+
+  it('prepareStart() installs the filter before start(), off the JavaScript thread; a refused one rejects and leaves the vCPU startable', async () => {
+    const addon = loadNative();
+    const kvm = addon.openKvm();
+    const { vm, vcpus } = await kvm.createVmAsync({ memory: [], tssAddr: 0xfffbd000, identityMapAddr: 0xfffbc000, irqchip: false, vcpus: [{ id: 0 }, { id: 1 }] });
+    try {
+      const stopped: number[] = [];
+      vm.setExitHandlers({ io: () => 0, event: () => VcpuVerdict.Stop, vcpuStopped: (id) => stopped.push(id) });
+      const badJump = Uint8Array.from([0x15, 0, 9, 0, 0, 0, 0, 0, 0x06, 0, 0, 0, 0, 0, 0xff, 0x7f]);
+      await expect(vcpus[0].prepareStart(badJump)).rejects.toMatchObject({ code: 'EINVAL', ioctl: 'seccomp(SECCOMP_SET_MODE_FILTER)' });
+      await vcpus[1].prepareStart(vcpuSeccompFilter({ vcpuFd: vcpus[1].fd }));
+      // Prepared: filtered already, yet not started (register calls work, no KVM_RUN yet).
+      expect(seccompStatus('kindling-cpu1')).toEqual(['NoNewPrivs: 1 Seccomp: 2 Seccomp_filters: 1']);
+      expect(vcpus[1].runState).toBe('idle');
+      expect(vcpus[1].getRegs().rip).toBe(0xfff0n);
+      expect(() => vcpus[1].start(vcpuSeccompFilter({ vcpuFd: vcpus[1].fd }))).toThrow(/prepareStart/);
+      expect(() => vcpus[1].prepareStart()).toThrow(/already started or prepared/);
+      vcpus[1].start();
+      vcpus[0].start();
+      expect(seccompStatus('kindling-cpu0')).toEqual(['NoNewPrivs: 0 Seccomp: 0 Seccomp_filters: 0']);
+      await vm.closeAsync();
+      expect(stopped.sort()).toEqual([0, 1]);
+    } finally {
+      vm.close();
+      kvm.close();
+    }
+  });
+
+  it('a prepared vCPU that is never started ends with the VM, its thread released', async () => {
+    const addon = loadNative();
+    const kvm = addon.openKvm();
+    const threads0 = fs.readdirSync('/proc/self/task').length;
+    const { vm, vcpus } = await kvm.createVmAsync({ memory: [], tssAddr: 0xfffbd000, identityMapAddr: 0xfffbc000, irqchip: false, vcpus: [{ id: 0 }] });
+    vm.setExitHandlers({ io: () => 0, event: () => VcpuVerdict.Stop, vcpuStopped: () => undefined });
+    await vcpus[0].prepareStart(vcpuSeccompFilter({ vcpuFd: vcpus[0].fd }));
+    await vm.closeAsync();
+    kvm.close();
+    expect(fs.readdirSync('/proc/self/task').length).toBeLessThanOrEqual(threads0);
   });
 
   it('a filter the kernel refuses fails start(), and the same vCPU then starts without one', async () => {

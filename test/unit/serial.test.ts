@@ -407,3 +407,29 @@ describe('Serial LSR cache', () => {
     );
   });
 });
+
+describe('Serial transmit-interrupt notification', () => {
+  it('reports IER.ETBEI turning on and off, once per change, whatever else IER does', () => {
+    const seen: boolean[] = [];
+    const uart = new Serial({ irq: new FakeIrq(), onOutput: () => undefined, onTransmitInterruptChange: (on) => seen.push(on) });
+    wr(uart, UART_IER, 0x01); // receive interrupt only
+    wr(uart, UART_IER, 0x03); // + ETBEI
+    wr(uart, UART_IER, 0x02); // ETBEI stays on
+    wr(uart, UART_IER, 0x00);
+    wr(uart, UART_LCR, 0x80); // DLAB: offset 1 is DLM, not IER
+    wr(uart, UART_IER, 0x02);
+    wr(uart, UART_LCR, 0x03);
+    expect(seen).toEqual([true, false]);
+  });
+
+  it('reports the state a restore brings, when it differs', () => {
+    const source = new Serial({ irq: new FakeIrq(), onOutput: () => undefined });
+    wr(source, UART_IER, 0x02);
+    const seen: boolean[] = [];
+    const restored = new Serial({ irq: new FakeIrq(), onOutput: () => undefined, onTransmitInterruptChange: (on) => seen.push(on) });
+    restored.restoreState(source.saveState());
+    expect(seen).toEqual([true]);
+    restored.restoreState(source.saveState());
+    expect(seen).toEqual([true]);
+  });
+});

@@ -105,6 +105,14 @@ export interface SerialEffects {
    * `NativeVm.setPioReadCache`. May be called synchronously inside a guest access.
    */
   onLsrChange?: () => void;
+  /**
+   * Called with the new state when IER.ETBEI (the transmitter-empty interrupt) turns on or off,
+   * by the guest or by {@link Serial.restoreState}: a driver that waits for that interrupt before
+   * it writes more (Linux's 8250 driver for tty output) needs its THR writes handled promptly,
+   * where a driver that polls LSR (a console) does not. May be called synchronously inside a
+   * guest access.
+   */
+  onTransmitInterruptChange?: (enabled: boolean) => void;
 }
 
 /** Tunables. */
@@ -367,6 +375,7 @@ export class Serial implements BusDevice, Device<SerialMetrics> {
     };
     this.dll = v.dll;
     this.dlm = v.dlm;
+    const oldIer = this.ier;
     this.ier = v.ier;
     this.lcr = v.lcr;
     this.mcr = v.mcr;
@@ -383,6 +392,7 @@ export class Serial implements BusDevice, Device<SerialMetrics> {
     this.irqLevel = !(this.pendingId() !== IIR_NO_INT);
     this.lastPublishedLsr = undefined;
     this.afterChange(true);
+    if ((oldIer ^ this.ier) & IER_ETBEI) this.effects.onTransmitInterruptChange?.((this.ier & IER_ETBEI) !== 0);
   }
 
   /** Delivers pending output; the UART holds nothing else. */
@@ -499,6 +509,7 @@ export class Serial implements BusDevice, Device<SerialMetrics> {
   private writeIer(v: number): void {
     const old = this.ier;
     this.ier = v & IER_MASK;
+    if ((old ^ this.ier) & IER_ETBEI) this.effects.onTransmitInterruptChange?.((this.ier & IER_ETBEI) !== 0);
     if (!(this.ier & IER_ETBEI)) {
       this.threPending = false;
     } else if (!(old & IER_ETBEI)) {

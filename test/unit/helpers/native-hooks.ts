@@ -37,6 +37,8 @@ export interface RunOutcome {
 /** `_testing`. */
 export interface TestHooks {
   createVm(): NativeVm;
+  /** V8's external-memory count (what `napi_adjust_external_memory` adjusts), in bytes. */
+  externalMemory(): number;
   startScript(vm: NativeVm, id: number, steps: Step[], filter?: Uint8Array): void;
   scriptResults(vm: NativeVm, id: number): number[];
   attemptOnStart(vcpu: NativeVcpu, what: RefusedCall): void;
