@@ -1,4 +1,4 @@
-import { execFileSync, spawnSync } from 'child_process';
+import { execFile, execFileSync, spawnSync } from 'child_process';
 import { existsSync } from 'fs';
 
 /**
@@ -56,9 +56,19 @@ export class NetnsTap {
     return Number(out.trim());
   }
 
-  /** Runs a command inside the namespace. */
-  exec(cmd: string, args: string[]): string {
-    return execFileSync('ip', ['netns', 'exec', this.ns, cmd, ...args], { encoding: 'utf8' });
+  /**
+   * Runs a command inside the namespace; resolves with its stdout, rejects (with its output) when
+   * it fails. Asynchronous on purpose: the devices run on this process's event loop, so a
+   * synchronous child (execFileSync) would freeze the NIC for as long as the command runs, and a
+   * ping from the namespace would get no answer until it had given up.
+   */
+  exec(cmd: string, args: string[], timeoutMs = 60_000): Promise<string> {
+    return new Promise((resolve, reject) => {
+      execFile('ip', ['netns', 'exec', this.ns, cmd, ...args], { encoding: 'utf8', timeout: timeoutMs }, (err, stdout, stderr) => {
+        if (err) reject(new Error(`${cmd} ${args.join(' ')} in ${this.ns} failed (${err.message.split('\n')[0]}):\n${stdout}${stderr}`));
+        else resolve(stdout);
+      });
+    });
   }
 
   /** Deletes the namespace (and with it the TAP) and a TAP left in our namespace. */
