@@ -12,7 +12,6 @@
  * This is the only module outside `lib/native` that holds native handles.
  * @module
  */
-import { promises as fsp } from 'fs';
 import { GuestMemory, splitRegions, type RegionSpec } from '../memory/guest-memory';
 import { IoBus, type IrqLine } from '../bus';
 import type { NativeAddon, NativeKvm, NativeVm, NativeVcpu } from '../native/types';
@@ -40,6 +39,7 @@ import { blockDeviceKind } from '../devices/block/config';
 import type { BlockMetrics } from '../devices/block/device';
 import { KindlingError } from '../errors';
 import { NativeError } from '../native/errors';
+import { localResources, type HostResources } from './host-resources';
 
 export type { ExitInfo } from './exit-dispatch';
 
@@ -152,6 +152,12 @@ export interface StartOptions {
   kinds?: DeviceKindRegistry;
   /** User-supplied device instances, by the id of their `config.devices` entry (kind `'custom'`). */
   customDevices?: ReadonlyMap<string, VirtioDevice>;
+  /**
+   * How the machine reaches the host resources its configuration names: the KVM device, kernel,
+   * initrd and device files (default {@link localResources}: opened here by path). A jailed child
+   * passes descriptors its parent opened instead; nothing else in the machine differs.
+   */
+  resources?: HostResources;
 }
 
 /** What a snapshot's `machine` record holds: enough to rebuild the machine around the saved state. */
@@ -168,10 +174,11 @@ interface MachineRecord {
  */
 export async function startMachine(config: VmConfig, opts: StartOptions): Promise<MachineHandle> {
   if (!config.kernel) throw new ConfigError('NO_KERNEL', 'call kernel() before start()');
+  const resources = opts.resources ?? localResources(opts.addon);
   // Read files before creating anything, so a vanished file costs no KVM set-up.
-  const kernelImage = await readInput(config.kernel.path, 'kernel');
-  const initrd = config.kernel.initrd ? await readInput(config.kernel.initrd, 'initrd') : undefined;
-  return withVm(config, opts.addon, async (kvm, vm) => {
+  const kernelImage = await readInput(resources, config.kernel.path, 'kernel');
+  const initrd = config.kernel.initrd ? await readInput(resources, config.kernel.initrd, 'initrd') : undefined;
+  return withVm(config, resources, async (kvm, vm) => {
     const memory = allocateMemory(vm, config.memoryMib * 1024 * 1024);
     const machine = new Machine(config, opts, kvm, vm, memory);
     await machine.build({ kernelImage, initrd });
@@ -188,7 +195,7 @@ export async function startMachine(config: VmConfig, opts: StartOptions): Promis
 export async function restoreMachine(
   snap: LoadedSnapshot, config: VmConfig, opts: StartOptions & { memory: 'map' | 'copy'; paused: boolean },
 ): Promise<MachineHandle> {
-  return withVm(config, opts.addon, async (kvm, vm) => {
+  return withVm(config, opts.resources ?? localResources(opts.addon), async (kvm, vm) => {
     // restoreMemory has registered the slots already.
     const buffer = await restoreMemory(vm, snap, opts.memory);
     const memory = snap.state.memory.regions.map((r) => ({ ...r, buffer, byteOffset: r.fileOffset }));
@@ -210,10 +217,10 @@ export function machineConfigOf(snap: LoadedSnapshot): { config: VmConfig; cmdli
 }
 
 /** Opens KVM, checks it, creates the VM and runs `build`; releases everything if it fails. */
-async function withVm(config: VmConfig, addon: NativeAddon, build: (kvm: NativeKvm, vm: NativeVm) => Promise<MachineHandle>): Promise<MachineHandle> {
+async function withVm(config: VmConfig, resources: HostResources, build: (kvm: NativeKvm, vm: NativeVm) => Promise<MachineHandle>): Promise<MachineHandle> {
   let kvm: NativeKvm;
   try {
-    kvm = addon.openKvm(config.kvmPath);
+    kvm = resources.openKvm(config.kvmPath);
   } catch (e) {
     throw new VmError('KVM_UNAVAILABLE', `cannot open ${config.kvmPath}: ${(e as Error).message}`, e);
   }
@@ -233,9 +240,9 @@ async function withVm(config: VmConfig, addon: NativeAddon, build: (kvm: NativeK
   }
 }
 
-async function readInput(path: string, what: string): Promise<Buffer> {
+async function readInput(resources: HostResources, path: string, what: string): Promise<Buffer> {
   try {
-    return await fsp.readFile(path);
+    return await resources.readFile(path);
   } catch (e) {
     throw new ConfigError(what === 'kernel' ? 'KERNEL_NOT_FOUND' : 'INITRD_NOT_FOUND', `cannot read the ${what} ${path}: ${(e as Error).message}`);
   }
@@ -311,6 +318,7 @@ class Machine implements MachineHandle {
   private readonly quirks: cpu.HostQuirks;
   private readonly kinds: DeviceKindRegistry;
   private readonly events: MachineEvents;
+  private readonly resources: HostResources;
   private vcpus: NativeVcpu[] = [];
   private runningVcpus = 0;
   private exit: ExitInfo | undefined;
@@ -332,6 +340,7 @@ class Machine implements MachineHandle {
   ) {
     const { addon, events } = opts;
     this.events = events;
+    this.resources = opts.resources ?? localResources(addon);
     this.kinds = opts.kinds ?? BUILTIN_DEVICE_KINDS;
     this.quirks = config.hostQuirks === 'auto' ? cpu.detectHostQuirks() : { emulatedKvm: config.hostQuirks === 'emulated-kvm' };
     if (!placed.slotsRegistered) for (const r of regions) vm.setUserMemoryRegion(r.slot, r.guestAddr, r.buffer, r.byteOffset, r.size);
@@ -459,9 +468,12 @@ class Machine implements MachineHandle {
     this.parent = { snapshotId: state.snapshotId, layoutChecksum: state.memory.layoutChecksum };
   }
 
-  /** Host capabilities for device factories; grows as devices need native services. */
+  /**
+   * Host capabilities for device factories; grows as devices need native services. `files` is
+   * how a device opens a host file its configuration names (see {@link HostResources}).
+   */
   private host(): unknown {
-    return { memory: this.memory };
+    return { memory: this.memory, files: this.resources };
   }
 
   private flushExits(): void {

@@ -1,0 +1,61 @@
+/**
+ * The machine's one way to reach host resources its configuration names: the KVM device, the
+ * kernel and initrd, and the files devices open ({@link HostFiles}).
+ *
+ * {@link localResources} opens them by path, in this process. A jailed child (`lib/jail/child.ts`)
+ * implements the same interface with descriptors its parent opened and passed over a socket, so
+ * that the machine code is the same in both modes and the child needs no path to the host's
+ * filesystem.
+ * @module
+ */
+import * as fs from 'fs';
+import type { HostFile, HostFileAccess, HostFiles } from '../devices/host-files';
+import type { NativeAddon, NativeKvm } from '../native/types';
+
+export type { HostFile, HostFileAccess, HostFiles } from '../devices/host-files';
+
+/** Host resources of a machine. */
+export interface HostResources extends HostFiles {
+  /** Opens the KVM device named by the configuration (`kvmPath`). Throws a NativeError. */
+  openKvm(path: string): NativeKvm;
+  /** Reads a whole file (kernel image, initrd). Rejects with the system error. */
+  readFile(path: string): Promise<Buffer>;
+}
+
+/** Host resources opened by path in this process. */
+export function localResources(addon: NativeAddon): HostResources {
+  return {
+    openKvm: (path) => addon.openKvm(path),
+    readFile: (path) => fs.promises.readFile(path),
+    openFile: openLocalFile,
+  };
+}
+
+/**
+ * Opens `path` with O_RDONLY or O_RDWR (close-on-exec) and sizes it: st_size for a regular file,
+ * sysfs's size for a block device (whose st_size is 0). Raw descriptors rather than FileHandles:
+ * the caller owns the number and closes it.
+ */
+export async function openLocalFile(path: string, access: HostFileAccess): Promise<HostFile> {
+  const flags = access === 'read' ? fs.constants.O_RDONLY : fs.constants.O_RDWR;
+  const fd = await new Promise<number>((resolve, reject) => fs.open(path, flags, (err, f) => (err ? reject(err) : resolve(f))));
+  try {
+    const st = await new Promise<fs.BigIntStats>((resolve, reject) => fs.fstat(fd, { bigint: true }, (err, s) => (err ? reject(err) : resolve(s))));
+    if (st.isFile()) return { fd, size: Number(st.size), blockDevice: false };
+    if (st.isBlockDevice()) return { fd, size: await blockDeviceSize(st.rdev), blockDevice: true };
+    throw new Error(`${path} is neither a regular file nor a block device`);
+  } catch (e) {
+    await new Promise<void>((resolve) => fs.close(fd, () => resolve()));
+    throw e;
+  }
+}
+
+/** glibc's major()/minor() split of a 64-bit dev_t, then /sys/dev/block/M:m/size (512-byte units). */
+export async function blockDeviceSize(rdev: bigint): Promise<number> {
+  const major = ((rdev >> 8n) & 0xfffn) | ((rdev >> 32n) & ~0xfffn);
+  const minor = (rdev & 0xffn) | ((rdev >> 12n) & ~0xffn);
+  const text = await fs.promises.readFile(`/sys/dev/block/${major}:${minor}/size`, 'utf8');
+  const sectors = Number(text.trim());
+  if (!Number.isSafeInteger(sectors) || sectors < 0) throw new Error(`bad sysfs size for block device ${major}:${minor}`);
+  return sectors * 512;
+}
