@@ -81,6 +81,12 @@ export interface SyscallRule {
   readonly args?: readonly ArgCheck[];
   /** Why the thread needs this call (kept with the rule for review). */
   readonly reason: string;
+  /**
+   * Instead of allowing the matching call, fail it with this errno (`SECCOMP_RET_ERRNO`): for
+   * calls a library tries and has a fallback for, such as clone3 (whose flags live in memory a
+   * filter cannot read: glibc falls back to clone on ENOSYS, whose flags it can).
+   */
+  readonly errno?: number;
 }
 
 /**
@@ -105,8 +111,11 @@ export interface FilterActions {
   readonly onForeignAbi?: number;
 }
 
-/** What a policy makes of one call. */
-export type SeccompVerdict = 'match' | 'mismatch' | 'foreign-abi';
+/**
+ * What a policy makes of one call: allowed by a rule (`'match'`), failed with an errno by a rule
+ * that has one (`'errno'`), refused (`'mismatch'`), or another ABI's call.
+ */
+export type SeccompVerdict = 'match' | 'errno' | 'mismatch' | 'foreign-abi';
 
 /** A call as seccomp sees it (`struct seccomp_data` without the instruction pointer). */
 export interface SeccompCall {
@@ -147,14 +156,21 @@ function normalizeCheck(rule: SyscallRule, c: ArgCheck): NormalizedCheck {
 }
 
 /** Rules grouped by call number, in order of first appearance. */
-function groupRules(policy: SeccompPolicy): { nr: number; alternatives: NormalizedCheck[][] }[] {
-  const groups = new Map<number, NormalizedCheck[][]>();
+interface NormalizedAlternative {
+  checks: NormalizedCheck[];
+  /** The rule's errno, or undefined to allow. */
+  errno?: number;
+}
+
+function groupRules(policy: SeccompPolicy): { nr: number; alternatives: NormalizedAlternative[] }[] {
+  const groups = new Map<number, NormalizedAlternative[]>();
   for (const rule of policy.rules) {
     const nr = SYSCALLS[rule.syscall];
     if (nr === undefined) throw new SeccompError('BAD_RULE', `unknown system call ${String(rule.syscall)}`);
     const checks = (rule.args ?? []).map((c) => normalizeCheck(rule, c));
+    if (rule.errno !== undefined) seccompRetErrno(rule.errno);
     const list = groups.get(nr) ?? [];
-    list.push(checks);
+    list.push({ checks, errno: rule.errno });
     groups.set(nr, list);
   }
   return [...groups].map(([nr, alternatives]) => ({ nr, alternatives }));
@@ -221,7 +237,7 @@ export function compileFilter(policy: SeccompPolicy, actions: FilterActions = {}
   // test, and every path through a group's body ends in a return.
   for (const { nr, alternatives } of groupRules(policy)) {
     const body: BpfInstruction[] = [];
-    for (const checks of alternatives) body.push(...compileAlternative(checks, onMatch));
+    for (const alt of alternatives) body.push(...compileAlternative(alt.checks, alt.errno === undefined ? onMatch : seccompRetErrno(alt.errno)));
     body.push(stmt(BPF_RET_K, onMismatch));
     if (body.length <= BPF_MAX_COND_JUMP) {
       program.push(jump(BPF_JMP_JEQ_K, nr, 0, body.length));
@@ -252,7 +268,7 @@ export function evaluatePolicy(policy: SeccompPolicy, call: SeccompCall): Seccom
       const full = n.width === 'dword' ? U32 : U64;
       return ((args[n.index] ?? 0n) & full & n.mask) === n.value;
     });
-    if (ok) return 'match';
+    if (ok) return rule.errno === undefined ? 'match' : 'errno';
   }
   return 'mismatch';
 }

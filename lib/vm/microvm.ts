@@ -4,7 +4,7 @@
  */
 import { EventEmitter } from 'eventemitter3';
 import type { Duplex } from 'stream';
-import { loadNative } from '../native/binding';
+import { loadNative, loadedAddonPath } from '../native/binding';
 import type { NativeAddon } from '../native/types';
 import { ConfigError, describe, checkBoolean, checkInteger, checkOneOf, checkOptionsObject } from '../config';
 import { loadSnapshot, type LoadedSnapshot, type SnapshotInfo } from '../snapshot';
@@ -19,6 +19,8 @@ import { startMachine, restoreMachine, machineConfigOf, type MachineHandle, type
 import { restoredConfig } from './restore-config';
 import { MAX_VIRTIO_DEVICES, announcement, virtioPlacement } from './device-manager';
 import { SerialStream } from './serial-stream';
+import { checkJailOptions, type JailConfig, type JailOptions } from '../jail/config';
+import { RemoteMachineHandle, restoreJailedMachine, startJailedMachine, type JailInfo } from '../jail/remote-machine';
 import type { VmMetrics } from './metrics';
 
 /**
@@ -79,6 +81,8 @@ export interface RestoreOptions {
   }>;
   /** Instances for devices of your own (`vm.device()`), by id: fresh ones, given the saved state. */
   devices?: Record<string, VirtioDevice>;
+  /** Run the restored VM in a jailed child (see {@link MicroVMOptions.jail}). */
+  jail?: JailOptions;
 }
 
 /** Options of {@link MicroVM.clones}. */
@@ -117,14 +121,18 @@ export class MicroVM extends EventEmitter<MicroVMEvents> {
   private readonly addonLoader: () => NativeAddon;
   /** Host quirks as detected at construction: they decide the command-line additions. */
   private readonly quirks: cpu.HostQuirks;
+  /** The validated jail, when the VM runs in a jailed child. */
+  private readonly jailConfig: JailConfig | undefined;
 
   /**
-   * @param options id, KVM device path and host-quirk mode; all optional.
-   * @throws ConfigError INVALID_ID / INVALID_OPTION / UNKNOWN_OPTION
+   * @param options id, KVM device path, host-quirk mode, seccomp, jail; all optional.
+   * @throws ConfigError INVALID_ID / INVALID_OPTION / UNKNOWN_OPTION; for `jail`: INVALID_JAIL /
+   *   UID_MISSING / JAIL_REQUIRES_ROOT / CGROUP_UNAVAILABLE
    */
   constructor(options: MicroVMOptions = {}) {
     super();
     this.config = initialConfig(options);
+    this.jailConfig = options.jail !== undefined ? checkJailOptions(options.jail) : undefined;
     this.quirks = this.config.hostQuirks === 'auto' ? cpu.detectHostQuirks() : { emulatedKvm: this.config.hostQuirks === 'emulated-kvm' };
     this.exitPromise = new Promise((resolve) => { this.resolveExit = resolve; });
     this.addonLoader = loadNative;
@@ -138,6 +146,14 @@ export class MicroVM extends EventEmitter<MicroVMEvents> {
   /** Current lifecycle state. */
   get state(): VmState {
     return this.stateValue;
+  }
+
+  /**
+   * Where a jailed VM's process is (its pid, jail root and cgroups) while it runs; undefined for
+   * a VM run in this process, and before start.
+   */
+  get jail(): JailInfo | undefined {
+    return this.handle instanceof RemoteMachineHandle && this.stateValue !== 'exited' ? this.handle.jail : undefined;
   }
 
   /** The command line the guest was booted with (empty before start). */
@@ -205,10 +221,12 @@ export class MicroVM extends EventEmitter<MicroVMEvents> {
    * unit-testing it without KVM). It gets the next virtio-mmio window and interrupt after the
    * drives and the devices added before it, and is announced to the guest on the command line;
    * the machine calls its `close()` at teardown.
-   * @throws ConfigError INVALID_DEVICE (not a virtio device) / DUPLICATE_ID / TOO_MANY_DEVICES / INVALID_CMDLINE
+   * @throws ConfigError INVALID_DEVICE (not a virtio device) / DUPLICATE_ID / TOO_MANY_DEVICES / INVALID_CMDLINE;
+   *   INVALID_JAIL for a jailed VM
    */
   device(device: VirtioDevice): this {
     this.configurable();
+    if (this.jailConfig) throw new ConfigError('INVALID_JAIL', 'device(): devices of your own cannot run in a jailed child (they are objects of this process)');
     checkVirtioDevice(device);
     this.checkDeviceId(device.id);
     const spec = { kind: 'custom', id: device.id, config: { id: device.id } };
@@ -314,9 +332,9 @@ export class MicroVM extends EventEmitter<MicroVMEvents> {
     };
     try {
       const addon = this.addonLoader();
-      this.handle = launch
-        ? await launch(events, addon)
-        : await startMachine(this.config, { addon, customDevices: this.customDevices, events });
+      if (launch) this.handle = await launch(events, addon);
+      else if (this.jailConfig) this.handle = await startJailedMachine(this.config, { addon, addonPath: loadedAddonPath(), events, jail: this.jailConfig });
+      else this.handle = await startMachine(this.config, { addon, customDevices: this.customDevices, events });
     } catch (e) {
       this.onExited({ reason: 'error', message: (e as Error).message }, false);
       throw e;
@@ -373,17 +391,26 @@ export class MicroVM extends EventEmitter<MicroVMEvents> {
   }
 
   private static async restoreLoaded(snap: LoadedSnapshot, options: RestoreOptions): Promise<MicroVM> {
-    const o = checkOptionsObject(options, ['id', 'resume', 'memory', 'drives', 'devices'], 'restore options', 'INVALID_OPTION');
+    const o = checkOptionsObject(options, ['id', 'resume', 'memory', 'drives', 'devices', 'jail'], 'restore options', 'INVALID_OPTION');
     const resume = checkBoolean(o.resume, 'restore resume', 'INVALID_OPTION', true);
     const memory = checkOneOf(o.memory, 'restore memory', 'INVALID_OPTION', ['map', 'copy'] as const, 'map');
     const saved = machineConfigOf(snap).config;
-    const vm = new MicroVM({ ...(o.id !== undefined ? { id: o.id as string } : {}), kvmPath: saved.kvmPath, hostQuirks: saved.hostQuirks, seccomp: saved.seccomp !== false });
+    const vm = new MicroVM({
+      ...(o.id !== undefined ? { id: o.id as string } : {}), kvmPath: saved.kvmPath, hostQuirks: saved.hostQuirks, seccomp: saved.seccomp !== false,
+      ...(o.jail !== undefined ? { jail: o.jail as JailOptions } : {}),
+    });
+    if (vm.jailConfig && Array.isArray(saved.devices) && saved.devices.some((d) => d.kind === 'custom')) {
+      throw new ConfigError('INVALID_JAIL', 'the snapshot has devices of your own, which cannot run in a jailed child');
+    }
     // The saved configuration, checked again as any input, with this VM's host resources.
     const config = restoredConfig(saved, vm.config.id, o.drives, o.devices, vm.customDevices);
     Object.assign(vm.config, config);
     vm.stateValue = 'starting';
+    const jail = vm.jailConfig;
     vm.starting = vm.doStart(
-      (events, addon) => restoreMachine(snap, vm.config, { addon, events, customDevices: vm.customDevices, memory, paused: !resume }),
+      (events, addon) => (jail
+        ? restoreJailedMachine(snap, vm.config, { addon, addonPath: loadedAddonPath(), events, jail, memory, paused: !resume })
+        : restoreMachine(snap, vm.config, { addon, events, customDevices: vm.customDevices, memory, paused: !resume })),
       !resume,
     );
     await vm.starting;
