@@ -226,6 +226,23 @@ function enableV2Controllers(mount: string, parent: string, controllers: readonl
   }
 }
 
+/**
+ * How many times the kernel's OOM killer killed a process of the groups for their memory limit
+ * (v2 `memory.events`, v1 `memory.oom_control`: `oom_kill <n>`); 0 where neither is there.
+ */
+export function oomKills(set: CgroupSet): number {
+  let kills = 0;
+  for (const dir of set.dirs) {
+    for (const file of ['memory.events', 'memory.oom_control']) {
+      try {
+        const m = /^oom_kill (\d+)$/m.exec(fs.readFileSync(path.join(dir, file), 'utf8'));
+        if (m) kills += Number(m[1]);
+      } catch { /* not this hierarchy's file */ }
+    }
+  }
+  return kills;
+}
+
 /** The processes in a group (pids as this process sees them). */
 export function cgroupProcs(dir: string): number[] {
   try {

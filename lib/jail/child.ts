@@ -100,9 +100,9 @@ export class PassedResources implements HostResources {
     }
   }
 
-  readFile(p: string): Promise<Buffer> {
+  async readFile(p: string): Promise<Buffer> {
     const { fd } = this.take('file', 'read', p);
-    return new Promise((resolve, reject) => {
+    return new Promise<Buffer>((resolve, reject) => {
       fs.readFile(fd, (err, data) => {
         this.close(fd);
         if (err) reject(err);

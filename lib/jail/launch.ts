@@ -17,7 +17,7 @@ import * as os from 'os';
 import * as path from 'path';
 import type { Readable } from 'stream';
 import type { NativeAddon } from '../native/types';
-import { cgroupProcs, createCgroups, removeCgroups, type CgroupSet } from './cgroup';
+import { cgroupProcs, createCgroups, oomKills, removeCgroups, type CgroupSet } from './cgroup';
 import type { JailConfig } from './config';
 import { jailContents, type JailContents } from './contents';
 import { JailError } from './errors';
@@ -150,6 +150,11 @@ export class JailProcess {
   /** The last lines the child wrote to stderr (at most 8 KiB): the seccomp report of a killed child, say. */
   get stderrTail(): string {
     return this.stderr;
+  }
+
+  /** How often the cgroup's memory limit made the kernel kill a process of the jail (read before cleanup). */
+  oomKills(): number {
+    return oomKills(this.cgroups);
   }
 
   /** The child's end, once known. */

@@ -59,6 +59,8 @@ export interface JailedStartOptions {
   events: MachineEvents;
   /** The validated jail. */
   jail: JailConfig;
+  /** Deadlines in ms (defaults {@link READY_TIMEOUT_MS}, {@link CALL_TIMEOUT_MS}, {@link SNAPSHOT_TIMEOUT_MS}). */
+  timeouts?: { ready?: number; call?: number; snapshot?: number };
 }
 
 /** Where a jailed VM is, for operators and tests. */
@@ -70,6 +72,9 @@ export interface JailInfo {
   /** The cgroup directories the child is in. */
   cgroups: readonly string[];
 }
+
+/** What the handle uses of a launched jail (a {@link JailProcess}; tests stand in for it). */
+export type JailChild = Pick<JailProcess, 'control' | 'ended' | 'pid' | 'root' | 'cgroups' | 'fdSocket' | 'stderrTail' | 'kill' | 'cleanup' | 'oomKills'>;
 
 /** One descriptor for the child and what it is. */
 interface PassedResource {
@@ -219,16 +224,20 @@ export class RemoteMachineHandle implements MachineHandle {
 
   /** @internal */
   constructor(
-    private readonly jp: JailProcess,
+    private readonly jp: JailChild,
     private readonly config: VmConfig,
     private readonly opts: JailedStartOptions,
   ) {
     const reader = new FrameReader(MAX_CHILD_FRAME, (json, bytes) => this.onFrame(json, bytes), (reason) => this.violation(reason));
     jp.control.on('data', (c: Buffer) => reader.push(c));
     jp.control.on('error', () => undefined);
+    this.controlClosed = new Promise<void>((resolve) => jp.control.once('close', () => resolve()));
     jp.control.on('close', () => void this.childGone());
     void jp.ended.then(() => this.childGone());
   }
+
+  /** Resolves once everything the child sent has been read (its end of the socket is closed). */
+  private readonly controlClosed: Promise<void>;
 
   /** Where the VM's process is. */
   get jail(): JailInfo {
@@ -239,9 +248,10 @@ export class RemoteMachineHandle implements MachineHandle {
   ready(): Promise<void> {
     if (this.isReady) return Promise.resolve();
     return new Promise<void>((resolve, reject) => {
+      const ms = this.opts.timeouts?.ready ?? READY_TIMEOUT_MS;
       const timer = setTimeout(() => {
-        this.fail({ reason: 'error', message: `the jailed child did not start within ${READY_TIMEOUT_MS} ms` });
-      }, READY_TIMEOUT_MS);
+        this.fail({ reason: 'error', message: `the jailed child did not start within ${ms} ms` });
+      }, ms);
       this.readyWaiter = {
         resolve: () => { clearTimeout(timer); resolve(); },
         reject: (e) => { clearTimeout(timer); reject(e); },
@@ -252,9 +262,10 @@ export class RemoteMachineHandle implements MachineHandle {
   /** @internal Sends the start/restore message and waits for `started`. */
   begin(message: object): Promise<void> {
     return new Promise<void>((resolve, reject) => {
+      const ms = this.opts.timeouts?.call ?? CALL_TIMEOUT_MS;
       const timer = setTimeout(() => {
-        this.fail({ reason: 'error', message: `the jailed child did not finish starting the VM within ${CALL_TIMEOUT_MS} ms` });
-      }, CALL_TIMEOUT_MS);
+        this.fail({ reason: 'error', message: `the jailed child did not finish starting the VM within ${ms} ms` });
+      }, ms);
       this.beginWaiter = {
         resolve: (cmdline) => { clearTimeout(timer); this.cmdline = cmdline; this.started = true; resolve(); },
         reject: (e) => { clearTimeout(timer); reject(e); },
@@ -387,10 +398,16 @@ export class RemoteMachineHandle implements MachineHandle {
       const grace = setTimeout(() => this.jp.kill(), this.exitInfo ? EXIT_GRACE_MS : 0);
       const end = await this.jp.ended;
       clearTimeout(grace);
+      // The launcher can report before the last frames are read: read up to the end of the stream
+      // (the child is gone, so that is what is already in the socket), but never wait long.
+      await Promise.race([this.controlClosed, new Promise((resolve) => setTimeout(resolve, 1000).unref())]);
       let info: ExitInfo;
       if (this.exitInfo && !end.signal) info = this.exitInfo;
       else if (this.failure) info = this.failure;
-      else if (end.signal) info = { reason: 'error', message: `the jailed VM process was killed by ${end.signal}${this.stderrNote()}`, signal: end.signal };
+      else if (end.signal) {
+        const oom = end.signal === 'SIGKILL' && this.jp.oomKills() > 0 ? ' (its cgroup\'s memory limit: the OOM killer)' : '';
+        info = { reason: 'error', message: `the jailed VM process was killed by ${end.signal}${oom}${this.stderrNote()}`, signal: end.signal };
+      }
       else info = { reason: 'error', message: `the jailed VM process ended (${describeEnd(end)}) without reporting why${this.stderrNote()}` };
       for (const [id, p] of this.calls) {
         this.calls.delete(id);
@@ -413,7 +430,7 @@ export class RemoteMachineHandle implements MachineHandle {
   private call(op: CallOp, args: object = {}, options: { bytes?: Uint8Array; files?: number; timeoutMs?: number } = {}): Promise<unknown> {
     if (this.finishing) return Promise.reject(new ConfigError('NOT_RUNNING', 'the VM has ended'));
     const id = this.nextId++;
-    const timeoutMs = options.timeoutMs ?? CALL_TIMEOUT_MS;
+    const timeoutMs = options.timeoutMs ?? this.opts.timeouts?.call ?? CALL_TIMEOUT_MS;
     return new Promise((resolve, reject) => {
       const timer = setTimeout(() => {
         this.calls.delete(id);
@@ -488,7 +505,7 @@ export class RemoteMachineHandle implements MachineHandle {
    */
   snapshot(dir: string, opts: MachineSnapshotOptions): Promise<SnapshotInfo> {
     const run = this.snapshotChain.then(async () => {
-      const v = await this.call('snapshot', { type: opts.type }, { timeoutMs: SNAPSHOT_TIMEOUT_MS });
+      const v = await this.call('snapshot', { type: opts.type }, { timeoutMs: this.opts.timeouts?.snapshot ?? SNAPSHOT_TIMEOUT_MS });
       const info = checkSnapshotInfo(v);
       if (!info) throw this.badReply('snapshot', 'not a snapshot description');
       await moveSnapshotOut(path.join(this.jp.root, SCRATCH_DIR), dir);

@@ -1,0 +1,141 @@
+/**
+ * The jailed mode's host side without a jail: descriptors across a socket pair (SCM_RIGHTS) and
+ * the child's table of them, the jail's contents (what the dynamic loader says the child needs),
+ * and moving a snapshot out of a jail without trusting what the child left there.
+ */
+import * as fs from 'fs';
+import * as os from 'os';
+import * as path from 'path';
+import { loadNative, loadedAddonPath } from '../../lib/native/binding';
+import { PassedResources } from '../../lib/jail/child';
+import { elfInterpreter, jailCodeDir, jailContents, loaderList } from '../../lib/jail/contents';
+import { moveSnapshotOut } from '../../lib/jail/remote-machine';
+import { MEMORY_FILE, STATE_FILE } from '../../lib/snapshot/format';
+
+const addon = loadNative();
+const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'kindling-jailhost-'));
+afterAll(() => fs.rmSync(tmp, { recursive: true, force: true }));
+
+function openFds(): number {
+  return fs.readdirSync('/proc/self/fd').length;
+}
+
+describe('descriptors over a socket pair', () => {
+  it('passes descriptors with a message and the child hands each out once, by kind, access and path', async () => {
+    const before = openFds();
+    const [parent, child] = addon.socketPair('seqpacket');
+    const file = path.join(tmp, 'kernel.bin');
+    fs.writeFileSync(file, 'kernel bytes');
+    const a = fs.openSync(file, 'r');
+    const b = fs.openSync(file, 'r+');
+    const meta = { batch: 7, items: [
+      { kind: 'file', path: file, access: 'read', size: 12, blockDevice: false },
+      { kind: 'file', path: file, access: 'readWrite', size: 12, blockDevice: false },
+    ] };
+    addon.sendFds(parent, Buffer.from(JSON.stringify(meta)), [a, b]);
+    fs.closeSync(a);
+    fs.closeSync(b);
+    const res = new PassedResources(addon, child);
+    res.receive(7);
+    expect((await res.readFile(file)).toString()).toBe('kernel bytes');
+    await expect(res.readFile(file)).rejects.toThrow(/was not passed into the jail/);
+    const rw = await res.openFile(file, 'readWrite');
+    expect(rw).toMatchObject({ size: 12, blockDevice: false });
+    fs.writeSync(rw.fd, 'K', 0);
+    fs.closeSync(rw.fd);
+    expect(fs.readFileSync(file, 'utf8')).toBe('Kernel bytes');
+    expect(() => res.receive(8)).toThrow(/has not arrived/);
+    addon.closeFd(parent);
+    addon.closeFd(child);
+    expect(openFds()).toBe(before);
+  });
+
+  it('closes descriptors nobody asked for, and refuses a message with more descriptors than allowed whole', () => {
+    const [parent, child] = addon.socketPair('seqpacket');
+    const before = openFds();
+    const fds = [0, 1, 2].map(() => fs.openSync(__filename, 'r'));
+    addon.sendFds(parent, Buffer.from(JSON.stringify({ batch: 1, items: fds.map(() => ({ kind: 'file', path: __filename, access: 'read', size: 0, blockDevice: false })) })), fds);
+    for (const fd of fds) fs.closeSync(fd);
+    const res = new PassedResources(addon, child);
+    res.receive(1);
+    expect(openFds()).toBe(before + 3);
+    res.closeUnused();
+    expect(openFds()).toBe(before);
+    const extra = [fs.openSync(__filename, 'r'), fs.openSync(__filename, 'r')];
+    addon.sendFds(parent, Buffer.from('x'), extra);
+    for (const fd of extra) fs.closeSync(fd);
+    expect(() => addon.receiveFds(child, 1024, 1)).toThrow(expect.objectContaining({ code: 'EMSGSIZE' }));
+    expect(openFds()).toBe(before);
+    expect(addon.receiveFds(child, 1024, 1)).toBeNull();
+    addon.closeFd(parent);
+    expect(addon.receiveFds(child, 1024, 1)).toEqual({ data: Buffer.alloc(0), fds: [] });
+    addon.closeFd(child);
+  });
+});
+
+describe('the jail\'s contents', () => {
+  it('are the Node binary, its loader and libraries, the addon\'s libraries, the compiled code, package.json and the addon', () => {
+    const interp = elfInterpreter(fs.realpathSync(process.execPath));
+    expect(interp).toMatch(/^\/.*ld-linux.*\.so/);
+    const libs = loaderList(interp, process.execPath);
+    expect(libs).toContain(interp);
+    expect(libs.some((l) => /\/libc\.so\.6$/.test(l))).toBe(true);
+    const c = jailContents(loadedAddonPath());
+    const targets = c.binds.map((b) => b.target);
+    expect(targets[0]).toBe(process.execPath);
+    for (const l of libs) expect(targets).toContain(l);
+    expect(targets).toContain(fs.realpathSync(jailCodeDir()));
+    expect(targets).toContain(fs.realpathSync(loadedAddonPath()));
+    expect(targets).toContain(path.join(fs.realpathSync(jailCodeDir()), '..', '..', 'package.json'));
+    expect(new Set(targets).size).toBe(targets.length);
+    for (const b of c.binds) expect(fs.realpathSync(b.source)).toBe(b.source);
+    expect(c.childScript).toBe(path.join(fs.realpathSync(jailCodeDir()), 'jail', 'child.js'));
+    expect(c.libraryDirs.length).toBeGreaterThan(0);
+  });
+});
+
+describe('moving a snapshot out of a jail', () => {
+  function scratch(name: string): string {
+    const d = path.join(tmp, name, 'snapshot');
+    fs.mkdirSync(d, { recursive: true });
+    return d;
+  }
+
+  it('moves the memory and state files into place, owned by this process, and empties the scratch directory', async () => {
+    const s = scratch('ok');
+    fs.writeFileSync(path.join(s, MEMORY_FILE), 'mem');
+    fs.writeFileSync(path.join(s, STATE_FILE), 'state');
+    fs.writeFileSync(path.join(s, 'junk'), 'x');
+    const out = path.join(tmp, 'ok-out', 'nested');
+    await moveSnapshotOut(s, out);
+    expect(fs.readdirSync(out).sort()).toEqual([MEMORY_FILE, STATE_FILE].sort());
+    expect(fs.readFileSync(path.join(out, STATE_FILE), 'utf8')).toBe('state');
+    expect(fs.statSync(path.join(out, MEMORY_FILE)).uid).toBe(process.geteuid!());
+    expect(fs.statSync(path.join(out, MEMORY_FILE)).mode & 0o777).toBe(0o600);
+    expect(fs.readdirSync(s)).toEqual([]);
+  });
+
+  it('refuses a symlink or a hard link the child planted, without following it, and leaves nothing behind', async () => {
+    const secret = path.join(tmp, 'secret');
+    fs.writeFileSync(secret, 'host secret');
+    for (const [name, plant] of [
+      ['symlink', (p: string) => fs.symlinkSync(secret, p)],
+      ['hardlink', (p: string) => fs.linkSync(secret, p)],
+    ] as const) {
+      const s = scratch(name);
+      plant(path.join(s, MEMORY_FILE));
+      fs.writeFileSync(path.join(s, STATE_FILE), 'state');
+      const out = path.join(tmp, `${name}-out`);
+      await expect(moveSnapshotOut(s, out)).rejects.toMatchObject({ name: 'JailError', code: 'SNAPSHOT_TRANSFER' });
+      expect(fs.readdirSync(out)).toEqual([]);
+      expect(fs.readdirSync(s)).toEqual([]);
+      expect(fs.readFileSync(secret, 'utf8')).toBe('host secret');
+      expect(fs.lstatSync(secret).nlink).toBe(1);
+    }
+  });
+
+  it('fails when the child wrote no snapshot', async () => {
+    const s = scratch('empty');
+    await expect(moveSnapshotOut(s, path.join(tmp, 'empty-out'))).rejects.toMatchObject({ code: 'SNAPSHOT_TRANSFER' });
+  });
+});
