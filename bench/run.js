@@ -17,8 +17,10 @@
 //   invoke     vm.invoke() round trip through the vsock device (mock driver and guest agent, no KVM)
 //   balloon    balloon inflate rate: MiB/s of guest memory returned to the host (real anonymous mapping)
 //   seccomp    port-read round trips per second with and without the vCPU seccomp filter (needs /dev/kvm)
+//   jail       start-to-running time in this process, jailed (cold) and jailed after prepare() (needs
+//              /dev/kvm and root)
 //
-//   node bench/run.js [setup|density|console|queue|block|snapshot|net|vsock|invoke|balloon|seccomp ...]   (default: all)
+//   node bench/run.js [setup|density|console|queue|block|snapshot|net|vsock|invoke|balloon|seccomp|jail ...]   (default: all)
 'use strict';
 const path = require('path');
 const fs = require('fs');
@@ -36,14 +38,15 @@ function runTs(file) {
 async function main() {
   const { isKvmAvailable } = require('kindling');
   const kvm = isKvmAvailable();
-  if (want('setup') || want('density') || want('console') || want('snapshot') || want('seccomp')) {
-    if (!kvm.ok) console.log(`setup, density, console, snapshot, seccomp: skipped, KVM unavailable (${kvm.reason}); try: bash scripts/kvm-in-qemu.sh -- npm run bench`);
+  if (want('setup') || want('density') || want('console') || want('snapshot') || want('seccomp') || want('jail')) {
+    if (!kvm.ok) console.log(`setup, density, console, snapshot, seccomp, jail: skipped, KVM unavailable (${kvm.reason}); try: bash scripts/kvm-in-qemu.sh -- npm run bench`);
     else {
       if (want('setup')) await require('./setup.bench').run();
       if (want('density')) await require('./density.bench').run();
       if (want('console')) await require('./console.bench').run();
       if (want('snapshot')) await require('./snapshot.bench').run();
       if (want('seccomp')) await require('./seccomp.bench').run();
+      if (want('jail')) await require('./jail.bench').run();
     }
   }
   if (want('queue') && fs.existsSync(path.join(__dirname, 'queue.bench.ts'))) runTs('queue.bench.ts');

@@ -152,6 +152,21 @@ export class JailProcess {
     return this.stderr;
   }
 
+  /**
+   * Whether the launcher, the child and its sockets keep this process's event loop alive (they do
+   * from launch on; a child prepared ahead of time is let go until its VM starts).
+   */
+  hold(on: boolean): void {
+    const streams = [this.control, this.launcher.stdout, this.launcher.stderr, (this.launcher.stdio as unknown as (net.Socket | null)[])[5]];
+    if (on) {
+      this.launcher.ref();
+      for (const s of streams) (s as net.Socket | null)?.ref?.();
+    } else {
+      this.launcher.unref();
+      for (const s of streams) (s as net.Socket | null)?.unref?.();
+    }
+  }
+
   /** How often the cgroup's memory limit made the kernel kill a process of the jail (read before cleanup). */
   oomKills(): number {
     return oomKills(this.cgroups);

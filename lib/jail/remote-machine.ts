@@ -49,18 +49,27 @@ export const SNAPSHOT_TIMEOUT_MS = 600_000;
 /** How long a child that reported its exit may take to end before it is killed. */
 const EXIT_GRACE_MS = 5_000;
 
-/** What {@link startJailedMachine} needs. */
-export interface JailedStartOptions {
+/** What {@link prepareJail} needs. */
+export interface JailLaunchOptions {
   /** The loaded addon (this process's: socket pairs, descriptor passing). */
   addon: NativeAddon;
   /** The file the addon was loaded from (the child loads the same one). */
   addonPath: string;
-  /** Where the machine's events go. */
-  events: MachineEvents;
   /** The validated jail. */
   jail: JailConfig;
   /** Deadlines in ms (defaults {@link READY_TIMEOUT_MS}, {@link CALL_TIMEOUT_MS}, {@link SNAPSHOT_TIMEOUT_MS}). */
   timeouts?: { ready?: number; call?: number; snapshot?: number };
+}
+
+/** What {@link startJailedMachine} needs. */
+export interface JailedStartOptions extends JailLaunchOptions {
+  /** Where the machine's events go. */
+  events: MachineEvents;
+  /**
+   * A child made ready ahead of time by {@link prepareJail} for this VM; without it the jail is
+   * built now.
+   */
+  prepared?: RemoteMachineHandle;
 }
 
 /** Where a jailed VM is, for operators and tests. */
@@ -74,7 +83,7 @@ export interface JailInfo {
 }
 
 /** What the handle uses of a launched jail (a {@link JailProcess}; tests stand in for it). */
-export type JailChild = Pick<JailProcess, 'control' | 'ended' | 'pid' | 'root' | 'cgroups' | 'fdSocket' | 'stderrTail' | 'kill' | 'cleanup' | 'oomKills'>;
+export type JailChild = Pick<JailProcess, 'control' | 'ended' | 'pid' | 'root' | 'cgroups' | 'fdSocket' | 'stderrTail' | 'kill' | 'cleanup' | 'oomKills' | 'hold'>;
 
 /** One descriptor for the child and what it is. */
 interface PassedResource {
@@ -89,9 +98,34 @@ interface PassedResource {
  *   whatever the child's startMachine threw, as the same class
  */
 export async function startJailedMachine(config: VmConfig, opts: JailedStartOptions): Promise<RemoteMachineHandle> {
-  if (!config.kernel) throw new ConfigError('NO_KERNEL', 'call kernel() before start()');
-  const resources = await openResources(config, { kernel: true });
+  let resources: PassedResource[];
+  try {
+    if (!config.kernel) throw new ConfigError('NO_KERNEL', 'call kernel() before start()');
+    resources = await openResources(config, { kernel: true });
+  } catch (e) {
+    await opts.prepared?.abort();
+    throw e;
+  }
   return launchAndSend(config, opts, resources, (files) => ({ t: 'start', config: childConfig(config), files }));
+}
+
+/**
+ * Builds VM `id`'s jail and starts its child, up to the point where the child has loaded
+ * everything and installed its seccomp filter and waits for a configuration: what start() then
+ * saves. The waiting child does not keep this process alive.
+ * @throws JailError JAIL_EXISTS / LAUNCH_FAILED (nothing left behind)
+ */
+export async function prepareJail(id: string, seccomp: boolean, opts: JailLaunchOptions): Promise<RemoteMachineHandle> {
+  const jp = await launchJail({ id, jail: opts.jail, addon: opts.addon, addonPath: opts.addonPath, seccomp });
+  const handle = new RemoteMachineHandle(jp, undefined, opts);
+  try {
+    await handle.ready();
+  } catch (e) {
+    await handle.abort();
+    throw e;
+  }
+  jp.hold(false);
+  return handle;
 }
 
 /**
@@ -124,14 +158,20 @@ function childConfig(config: VmConfig): VmConfig {
 async function launchAndSend(
   config: VmConfig, opts: JailedStartOptions, resources: PassedResource[], message: (files: number) => object,
 ): Promise<RemoteMachineHandle> {
-  let jp: JailProcess;
-  try {
-    jp = await launchJail({ id: config.id, jail: opts.jail, addon: opts.addon, addonPath: opts.addonPath, seccomp: config.seccomp !== false });
-  } catch (e) {
-    closeResources(resources);
-    throw e;
+  let handle: RemoteMachineHandle;
+  if (opts.prepared) {
+    handle = opts.prepared;
+  } else {
+    let jp: JailProcess;
+    try {
+      jp = await launchJail({ id: config.id, jail: opts.jail, addon: opts.addon, addonPath: opts.addonPath, seccomp: config.seccomp !== false });
+    } catch (e) {
+      closeResources(resources);
+      throw e;
+    }
+    handle = new RemoteMachineHandle(jp, undefined, opts);
   }
-  const handle = new RemoteMachineHandle(jp, config, opts);
+  handle.attach(config, opts.events);
   try {
     await handle.ready();
     const files = handle.sendBatch(resources);
@@ -222,12 +262,20 @@ export class RemoteMachineHandle implements MachineHandle {
   /** Resolves with the exit info once the VM has ended and its jail is removed. */
   readonly exited: Promise<ExitInfo> = new Promise((resolve) => { this.resolveExited = resolve; });
 
+  /** The VM's configuration (this process's copy: updates are recorded in it). */
+  private config: VmConfig | undefined;
+  /** Where the machine's events go (nowhere until {@link attach}). */
+  private events: MachineEvents = { serialOutput: () => undefined, serialInputSpace: () => undefined, exited: () => undefined };
+
   /** @internal */
   constructor(
     private readonly jp: JailChild,
-    private readonly config: VmConfig,
-    private readonly opts: JailedStartOptions,
+    config: VmConfig | undefined,
+    private readonly opts: JailLaunchOptions,
+    events?: MachineEvents,
   ) {
+    this.config = config;
+    if (events) this.events = events;
     const reader = new FrameReader(MAX_CHILD_FRAME, (json, bytes) => this.onFrame(json, bytes), (reason) => this.violation(reason));
     jp.control.on('data', (c: Buffer) => reader.push(c));
     jp.control.on('error', () => undefined);
@@ -242,6 +290,13 @@ export class RemoteMachineHandle implements MachineHandle {
   /** Where the VM's process is. */
   get jail(): JailInfo {
     return { pid: this.jp.pid, root: this.jp.root, cgroups: this.jp.cgroups.dirs };
+  }
+
+  /** @internal Gives the handle its VM's configuration and events, and lets the child keep this process alive. */
+  attach(config: VmConfig, events: MachineEvents): void {
+    this.config = config;
+    this.events = events;
+    this.jp.hold(true);
   }
 
   /** @internal Waits for the child's `ready`. */
@@ -335,13 +390,13 @@ export class RemoteMachineHandle implements MachineHandle {
       }
       case 'serial':
         if (!this.started) return this.violation('serial output before the VM started');
-        this.opts.events.serialOutput(new Uint8Array(m.bytes.buffer, m.bytes.byteOffset, m.bytes.length));
+        this.events.serialOutput(new Uint8Array(m.bytes.buffer, m.bytes.byteOffset, m.bytes.length));
         return;
       case 'space':
-        if (this.started) this.opts.events.serialInputSpace();
+        if (this.started) this.events.serialInputSpace();
         return;
       case 'bootDone':
-        if (this.started) this.opts.events.bootDone?.({ elapsedNs: BigInt(m.info.elapsedUs) * 1000n, elapsedUs: m.info.elapsedUs, count: m.info.count });
+        if (this.started) this.events.bootDone?.({ elapsedNs: BigInt(m.info.elapsedUs) * 1000n, elapsedUs: m.info.elapsedUs, count: m.info.count });
         return;
       case 'exited':
         if (!this.started) return this.violation('exited before the VM started');
@@ -420,7 +475,7 @@ export class RemoteMachineHandle implements MachineHandle {
       this.exitInfo = info;
       this.resolveExited(info);
       try {
-        this.opts.events.exited(info);
+        this.events.exited(info);
       } catch { /* the owner's callback must not undo the teardown */ }
       return info;
     })();
@@ -457,7 +512,7 @@ export class RemoteMachineHandle implements MachineHandle {
   }
 
   async updateDevice(id: string, update: unknown): Promise<void> {
-    const drive = this.config.drives.find((d) => d.id === id);
+    const drive = this.config?.drives.find((d) => d.id === id);
     const u = update as { path?: unknown; rateLimiter?: unknown };
     let files: number | undefined;
     if (drive && typeof u.path === 'string') {

@@ -191,6 +191,7 @@ class FakeChild {
       },
       cleanup: async () => [],
       oomKills: () => 0,
+      hold: () => undefined,
     };
   }
 }
@@ -208,7 +209,7 @@ describe('RemoteMachineHandle against a stand-in child', () => {
       exited: (i) => exits.push(i),
       ...events,
     };
-    const h = new RemoteMachineHandle(child.jail, config, { addon: loadNative(), addonPath: '', events: ev, jail: {} as never, timeouts });
+    const h = new RemoteMachineHandle(child.jail, config, { addon: loadNative(), addonPath: '', jail: {} as never, timeouts }, ev);
     return { h, exits, serial };
   }
 
