@@ -31,7 +31,7 @@ import { VmError } from '../vm/errors';
 import type { ExitInfo } from '../vm/exit-dispatch';
 import type { MachineEvents, MachineHandle, MachineSnapshotOptions } from '../vm/machine';
 import type { VmMetrics } from '../vm/metrics';
-import { openLocalFile } from '../vm/host-resources';
+import { openLocalFileSync } from '../vm/host-resources';
 import type { JailConfig } from './config';
 import { JailError } from './errors';
 import { describeEnd, launchJail, SCRATCH_DIR, type JailProcess } from './launch';
@@ -199,7 +199,7 @@ async function openResources(config: VmConfig, what: { kernel: boolean }): Promi
       for (const [p, code] of [[config.kernel.path, 'KERNEL_NOT_FOUND'], [config.kernel.initrd, 'INITRD_NOT_FOUND']] as const) {
         if (p === undefined) continue;
         try {
-          const f = await openLocalFile(p, 'read');
+          const f = openLocalFileSync(p, 'read');
           out.push({ meta: { kind: 'file', path: p, access: 'read', size: f.size, blockDevice: f.blockDevice }, fd: f.fd });
         } catch (e) {
           throw new ConfigError(code, `cannot read the ${code === 'KERNEL_NOT_FOUND' ? 'kernel' : 'initrd'} ${p}: ${(e as Error).message}`);
@@ -220,7 +220,7 @@ async function openResources(config: VmConfig, what: { kernel: boolean }): Promi
 async function openDriveFile(p: string, readOnly: boolean): Promise<PassedResource> {
   const access = readOnly ? 'read' : 'readWrite';
   try {
-    const f = await openLocalFile(p, access);
+    const f = openLocalFileSync(p, access);
     return { meta: { kind: 'file', path: p, access, size: f.size, blockDevice: f.blockDevice }, fd: f.fd };
   } catch (e) {
     throw new BlockError('OPEN_FAILED', `cannot open ${p}: ${(e as Error).message}`, { cause: e });

@@ -50,10 +50,37 @@ export async function openLocalFile(path: string, access: HostFileAccess): Promi
   }
 }
 
+/**
+ * {@link openLocalFile} without the thread pool: for a jailed VM's parent, which opens a handful
+ * of local files right before it starts the VM and should not wait for pool round trips.
+ */
+export function openLocalFileSync(path: string, access: HostFileAccess): HostFile {
+  const fd = fs.openSync(path, access === 'read' ? fs.constants.O_RDONLY : fs.constants.O_RDWR);
+  try {
+    const st = fs.fstatSync(fd, { bigint: true });
+    if (st.isFile()) return { fd, size: Number(st.size), blockDevice: false };
+    if (st.isBlockDevice()) return { fd, size: blockDeviceSizeSync(st.rdev), blockDevice: true };
+    throw new Error(`${path} is neither a regular file nor a block device`);
+  } catch (e) {
+    fs.closeSync(fd);
+    throw e;
+  }
+}
+
+function devNumbers(rdev: bigint): [bigint, bigint] {
+  return [((rdev >> 8n) & 0xfffn) | ((rdev >> 32n) & ~0xfffn), (rdev & 0xffn) | ((rdev >> 12n) & ~0xffn)];
+}
+
+function blockDeviceSizeSync(rdev: bigint): number {
+  const [major, minor] = devNumbers(rdev);
+  const sectors = Number(fs.readFileSync(`/sys/dev/block/${major}:${minor}/size`, 'utf8').trim());
+  if (!Number.isSafeInteger(sectors) || sectors < 0) throw new Error(`bad sysfs size for block device ${major}:${minor}`);
+  return sectors * 512;
+}
+
 /** glibc's major()/minor() split of a 64-bit dev_t, then /sys/dev/block/M:m/size (512-byte units). */
 export async function blockDeviceSize(rdev: bigint): Promise<number> {
-  const major = ((rdev >> 8n) & 0xfffn) | ((rdev >> 32n) & ~0xfffn);
-  const minor = (rdev & 0xffn) | ((rdev >> 12n) & ~0xffn);
+  const [major, minor] = devNumbers(rdev);
   const text = await fs.promises.readFile(`/sys/dev/block/${major}:${minor}/size`, 'utf8');
   const sectors = Number(text.trim());
   if (!Number.isSafeInteger(sectors) || sectors < 0) throw new Error(`bad sysfs size for block device ${major}:${minor}`);
