@@ -30,6 +30,8 @@ const MAP_ANONYMOUS = 0x20;
 const MAP_NORESERVE = 0x4000;
 const MADV_DONTNEED = 4;
 const SIGABRT = 6;
+const O_RDONLY_CLOEXEC = 0o2000000;
+const EACCES = 13;
 
 /** How the policy is specialised to one vCPU thread. */
 export interface VcpuPolicyOptions {
@@ -102,6 +104,15 @@ export function vcpuSeccompPolicy(opts: VcpuPolicyOptions): SeccompPolicy {
       syscall: 'madvise',
       args: [dword(2, MADV_DONTNEED)],
       reason: "glibc: shrinking an arena, and the thread's stack when it exits",
+    },
+    {
+      syscall: 'openat',
+      args: [dword(2, O_RDONLY_CLOEXEC)],
+      errno: EACCES,
+      reason: "glibc's free() reads /proc/sys/vm/overcommit_memory once per process, the first time it " +
+        "shrinks a thread arena's heap (check_may_shrink_heap); that can be this thread's exit, in a " +
+        'process that has freed little (a jailed child). Failing the open is harmless: glibc then ' +
+        'shrinks with MADV_DONTNEED. Any other open traps.',
     },
     { syscall: 'rt_sigprocmask', reason: 'glibc blocks signals when the thread exits; abort() unblocks SIGABRT' },
     { syscall: 'exit', reason: 'the thread ends' },

@@ -294,6 +294,13 @@ describe('compiled programs in the kernel', () => {
       expect(kernelVerdicts(policy, [[s.ioctl | X32_SYSCALL_BIT, fd, KVM_RUN]])).toEqual(['foreign-abi']);
     });
 
+    it("fails glibc's read-only overcommit probe with EACCES (the one open free() makes)", () => {
+      const probe: RawCall = [s.openat, AT_FDCWD, 0, 0o2000000];
+      expect(hooks.seccompEvaluate(compileFilter(policy, ERRNO_ACTIONS), [probe])).toEqual([-13]);
+      expect(modelVerdicts(policy, [probe])).toEqual(['errno']);
+      expect(hooks.seccompRun(vcpuSeccompFilter({ vcpuFd: 999 }), probe)).toEqual({ returned: true, value: -13, signal: null, exitCode: 0 });
+    });
+
     it('with its real actions: listed calls run, others end the process with SIGSYS before running', () => {
       const filter = vcpuSeccompFilter({ vcpuFd: 999 }); // not open in the child: KVM_RUN gets EBADF
       expect(hooks.seccompRun(filter, [s.ioctl, 999, KVM_RUN, 0])).toEqual({ returned: true, value: -EBADF, signal: null, exitCode: 0 });
