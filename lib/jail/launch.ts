@@ -5,9 +5,11 @@
  *
  * Order at start: `<chrootBase>/<id>` (exclusive: an existing one is refused), its empty `root`,
  * the cgroup, the socket pairs, the launcher. If any step fails, what the earlier ones made is
- * removed before the error is thrown. At the end (the launcher reports the child's end, or is
- * killed): the cgroup is emptied and removed, the jail directory removed, the descriptor socket
- * closed. A process that exits with jails still alive removes them synchronously on its way out.
+ * removed before the error is thrown. At the end the launcher, which stays in the host's mount
+ * namespace and outlives this process if need be, removes the cgroup and the jail directory
+ * before it reports the child's end; this process then checks (removing what is left) and closes
+ * the sockets. A process that exits with jails alive kills their VMs on its way out, and their
+ * launchers clean up after them.
  * @module
  */
 import { spawn, type ChildProcess } from 'child_process';
@@ -81,6 +83,9 @@ export class JailProcess {
   private fdSocketOpen = true;
   /** Whether the launcher reported the child's end (else it was killed with the launcher). */
   private reported = false;
+  private killTimer: NodeJS.Timeout | undefined;
+  /** OOM kills the launcher counted before it removed the cgroup. */
+  private oomReported = 0;
   private pidKnown!: (ok: boolean) => void;
   /** Resolves true once the child's pid is known, false if the launcher ended first. */
   readonly started: Promise<boolean>;
@@ -114,6 +119,7 @@ export class JailProcess {
           ...(this.setupError !== undefined ? { setupError: this.setupError } : {}),
         };
         this.pidKnown(false);
+        if (this.killTimer) clearTimeout(this.killTimer);
         resolve(this.end);
       });
     });
@@ -121,7 +127,7 @@ export class JailProcess {
 
   /** @internal Takes the launcher's status lines. */
   status(line: string): void {
-    const m = /^(pid|exit|signal|error) (\S+)(?: (-?\d+))?$/.exec(line);
+    const m = /^(pid|exit|signal|error|oom) (\S+)(?: (-?\d+))?$/.exec(line);
     if (!m) return;
     if (m[1] === 'pid') {
       const pid = Number(m[2]);
@@ -132,6 +138,9 @@ export class JailProcess {
     } else if (m[1] === 'exit') {
       this.childCode = Number(m[2]);
       this.reported = true;
+    } else if (m[1] === 'oom') {
+      const n = Number(m[2]);
+      if (Number.isSafeInteger(n) && n > 0) this.oomReported = n;
     } else if (m[1] === 'signal') {
       this.childSignal = signalName(Number(m[2]));
       this.reported = true;
@@ -167,9 +176,12 @@ export class JailProcess {
     }
   }
 
-  /** How often the cgroup's memory limit made the kernel kill a process of the jail (read before cleanup). */
+  /**
+   * How often the cgroup's memory limit made the kernel kill a process of the jail (as the launcher
+   * counted it before removing the cgroup, or as the cgroup says while it is there).
+   */
   oomKills(): number {
-    return oomKills(this.cgroups);
+    return Math.max(this.oomReported, oomKills(this.cgroups));
   }
 
   /** The child's end, once known. */
@@ -178,8 +190,10 @@ export class JailProcess {
   }
 
   /**
-   * Kills the child and its launcher now (SIGKILL; the child also dies with its launcher through
-   * PR_SET_PDEATHSIG) and whatever else is in its cgroup. Idempotent.
+   * Kills the child now (SIGKILL through its cgroup, whatever else is in it too) and has the
+   * launcher end (SIGTERM: it kills the child by its pid as well, removes the cgroup and the jail
+   * directory, reports, exits). A launcher that has not ended 10 s later is killed outright.
+   * Idempotent.
    */
   kill(): void {
     if (this.end) return;
@@ -195,7 +209,9 @@ export class JailProcess {
         }
       }
     }
-    this.launcher.kill('SIGKILL');
+    this.launcher.kill('SIGTERM');
+    this.killTimer ??= setTimeout(() => this.launcher.kill('SIGKILL'), 10_000);
+    this.killTimer.unref();
   }
 
   /**
@@ -219,28 +235,19 @@ export class JailProcess {
     return this.cleaned;
   }
 
-  /** @internal Synchronous last resort at process exit. */
-  killAndRemoveSync(): void {
-    try { this.launcher.kill('SIGKILL'); } catch { /* gone */ }
+  /**
+   * @internal At process exit: the VM dies at once (SIGKILL through its cgroup) and the launcher,
+   * which outlives this process, removes the cgroup and the jail directory (it also gets SIGTERM
+   * from the kernel when this process is gone: PR_SET_PDEATHSIG).
+   */
+  killAtExit(): void {
     for (const dir of this.cgroups.dirs) {
       try { fs.writeFileSync(path.join(dir, 'cgroup.kill'), '1'); } catch { /* v1 */ }
       for (const pid of cgroupProcs(dir)) {
         try { process.kill(pid, 'SIGKILL'); } catch { /* gone */ }
       }
     }
-    // The processes need a moment to leave their groups; a short spin is all an exit hook can do.
-    const deadline = Date.now() + 500;
-    for (const dir of this.cgroups.dirs) {
-      for (;;) {
-        try {
-          fs.rmdirSync(dir);
-          break;
-        } catch (e) {
-          if ((e as NodeJS.ErrnoException).code !== 'EBUSY' || Date.now() > deadline) break;
-        }
-      }
-    }
-    removeJailDir(this.dir);
+    try { this.launcher.kill('SIGTERM'); } catch { /* gone */ }
   }
 }
 
@@ -365,7 +372,7 @@ function installExitHook(): void {
   if (exitHookInstalled) return;
   exitHookInstalled = true;
   process.on('exit', () => {
-    for (const jp of live) jp.killAndRemoveSync();
+    for (const jp of live) jp.killAtExit();
   });
 }
 

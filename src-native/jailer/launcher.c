@@ -10,9 +10,10 @@
 //                   [--new-pid-ns] [--netns PATH] [--cgroup DIR]... [--bind SRC:DST]...
 //                   [--scratch NAME] [--keep-fds N] [--env K=V]... -- PROGRAM ARG...
 //
-// In order: unshare the mount, IPC and UTS namespaces (and PID with --new-pid-ns), join the
-// network namespace at --netns, make every mount private, fork. The child (PID 1 of the new PID
-// namespace) joins each --cgroup, sets its host name, bind-mounts DIR onto itself, bind-mounts
+// In order: unshare the IPC and UTS namespaces (and PID with --new-pid-ns), join the network
+// namespace at --netns, fork. The child (PID 1 of the new PID namespace) unshares the mount
+// namespace and makes every mount private, joins each --cgroup, sets its host name, bind-mounts
+// DIR onto itself, bind-mounts
 // each SRC read-only at DST inside it (the same path as on the host, so that the dynamic linker
 // and require() find everything where they expect it), adds the writable --scratch directory
 // owned by the jail's user, pivots into DIR and detaches the old root, remounts the root
@@ -20,14 +21,18 @@
 // bounding set, drops to --uid/--gid with no supplementary groups and no capabilities left, sets
 // no_new_privs and execs PROGRAM with exactly the --env variables.
 //
-// The launcher itself stays outside, waits for the child and reports on --status-fd, one line
-// each: "pid <host pid>" after the fork, then "exit <code>" or "signal <number>" when the child
-// ends; a step that fails reports "error <step> <errno>" (the child's own failures too) and the
-// child then exits with 127. Both processes die with their parent (PR_SET_PDEATHSIG), so the jail
-// never outlives the Node process that made it.
+// The launcher itself stays outside (in the host's mount namespace), waits for the child and
+// reports on --status-fd, one line each: "pid <host pid>" after the fork, then "exit <code>" or
+// "signal <number>" when the child ends; a step that fails reports "error <step> <errno>" (the
+// child's own failures too) and the child then exits with 127; "oom <n>" before the end when its
+// cgroup's memory limit made the kernel kill n processes. SIGTERM (also what the launcher
+// gets when its parent dies: PR_SET_PDEATHSIG) makes it kill the child. Once the child has ended
+// it removes the child's cgroups and the jail directory (DIR's parent) before its last report, so
+// nothing outlives a VM even when the Node process that made it is killed.
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
+#include <ftw.h>
 #include <getopt.h>
 #include <grp.h>
 #include <linux/capability.h>
@@ -42,6 +47,7 @@
 #include <sys/syscall.h>
 #include <sys/types.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #define MAX_LIST 256
@@ -146,6 +152,9 @@ static void parse(int argc, char** argv, struct options* o) {
       o->keep_fds < 3 || o->keep_fds > 64) {
     fail("args", EINVAL, 1);
   }
+  // The jail directory the launcher removes at the end is --root's parent: --root must be <dir>/root.
+  const size_t rootLen = strlen(o->root);
+  if (rootLen < 6 || strcmp(o->root + rootLen - 5, "/root") != 0) fail("args", EINVAL, 1);
   if (o->scratch && (strchr(o->scratch, '/') || o->scratch[0] == '.' || o->scratch[0] == '\0')) fail("args", EINVAL, 1);
   o->env[o->nenv] = NULL;
   o->argv = argv + optind;
@@ -272,17 +281,90 @@ static void child(const struct options* o) {
   fail("execve", errno, 127);
 }
 
+/** nftw callback: removes what it is given (depth first, links not followed, one filesystem). */
+static int remove_entry(const char* path, const struct stat* st, int type, struct FTW* ftw) {
+  (void)st;
+  (void)ftw;
+  if (type == FTW_DP || type == FTW_D) rmdir(path);
+  else unlink(path);
+  return 0;  // go on with the rest whatever happened here
+}
+
+/**
+ * After the child: its cgroups (emptied first: the kernel may still be tearing down what it ran)
+ * and the jail directory (`--root`'s parent), so that nothing outlives a VM even when the Node
+ * process that made it was killed. Best effort; the parent checks and retries.
+ */
+static void clean_up(const struct options* o) {
+  // What the memory limit did goes to the parent first: the groups that count it go next.
+  long oom = 0;
+  for (int i = 0; i < o->ncgroups; i++) {
+    static const char* const files[] = {"memory.events", "memory.oom_control"};
+    for (int f = 0; f < 2; f++) {
+      char file[4096];
+      if (snprintf(file, sizeof file, "%s/%s", o->cgroups[i], files[f]) >= (int)sizeof file) continue;
+      int fd = open(file, O_RDONLY | O_CLOEXEC);
+      if (fd < 0) continue;
+      char buf[1024];
+      ssize_t n = read(fd, buf, sizeof buf - 1);
+      close(fd);
+      if (n <= 0) continue;
+      buf[n] = '\0';
+      for (char* p = buf; (p = strstr(p, "oom_kill ")) != NULL; p++) {
+        if (p == buf || p[-1] == '\n') oom += strtol(p + 9, NULL, 10);
+      }
+    }
+  }
+  if (oom > 0) status_number("oom", oom);
+  for (int i = 0; i < o->ncgroups; i++) {
+    for (int attempt = 0; attempt < 500; attempt++) {
+      if (rmdir(o->cgroups[i]) == 0 || errno == ENOENT) break;
+      if (errno != EBUSY) break;
+      char file[4096];
+      if (snprintf(file, sizeof file, "%s/cgroup.kill", o->cgroups[i]) < (int)sizeof file) {
+        int fd = open(file, O_WRONLY | O_CLOEXEC);
+        if (fd >= 0) {
+          if (write(fd, "1", 1) < 0) { /* v1 or an old kernel: wait for the members to go */ }
+          close(fd);
+        }
+      }
+      struct timespec ts = {0, 10 * 1000 * 1000};
+      nanosleep(&ts, NULL);
+    }
+  }
+  char dir[4096];
+  if (snprintf(dir, sizeof dir, "%s", o->root) < (int)sizeof dir) {
+    char* slash = strrchr(dir, '/');
+    if (slash && slash != dir) {
+      *slash = '\0';
+      nftw(dir, remove_entry, 16, FTW_DEPTH | FTW_PHYS | FTW_MOUNT);
+    }
+  }
+}
+
 int main(int argc, char** argv) {
   struct options o;
   parse(argc, argv, &o);
   if (g_status_fd < 0) return 1;
   if (fcntl(g_status_fd, F_SETFD, FD_CLOEXEC) != 0) fail("status fd", errno, 1);
   if (geteuid() != 0) fail("geteuid", EPERM, 1);
+
+  // The launcher waits for these instead of dying of them: SIGTERM (the parent's stop, or its
+  // death through PR_SET_PDEATHSIG), SIGINT, SIGHUP end the child; SIGCHLD says it ended.
+  sigset_t wait_for;
+  sigemptyset(&wait_for);
+  sigaddset(&wait_for, SIGCHLD);
+  sigaddset(&wait_for, SIGTERM);
+  sigaddset(&wait_for, SIGINT);
+  sigaddset(&wait_for, SIGHUP);
+  sigprocmask(SIG_BLOCK, &wait_for, NULL);
   const pid_t parent = getppid();
-  if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) != 0) fail("PR_SET_PDEATHSIG", errno, 1);
+  if (prctl(PR_SET_PDEATHSIG, SIGTERM, 0, 0, 0) != 0) fail("PR_SET_PDEATHSIG", errno, 1);
   if (getppid() != parent) return 1;  // the parent died before the line above
 
-  int flags = CLONE_NEWNS | CLONE_NEWIPC | CLONE_NEWUTS | (o.new_pid_ns ? CLONE_NEWPID : 0);
+  // The mount namespace is the child's alone (it unshares it itself): the launcher stays in the
+  // host's, where it can remove the jail afterwards.
+  int flags = CLONE_NEWIPC | CLONE_NEWUTS | (o.new_pid_ns ? CLONE_NEWPID : 0);
   if (unshare(flags) != 0) fail("unshare", errno, 1);
   if (o.netns) {
     int fd = open(o.netns, O_RDONLY | O_CLOEXEC);
@@ -290,8 +372,6 @@ int main(int argc, char** argv) {
     if (setns(fd, CLONE_NEWNET) != 0) fail("setns", errno, 1);
     close(fd);
   }
-  // Nothing mounted from here on may propagate back to the host's mount namespace.
-  if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) != 0) fail("mount private", errno, 1);
 
   const pid_t self = getpid();
   const pid_t pid = fork();
@@ -300,6 +380,9 @@ int main(int argc, char** argv) {
     if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) != 0) fail("PR_SET_PDEATHSIG", errno, 127);
     // Outside a new PID namespace the parent can be checked; inside, getppid() is 0.
     if (!o.new_pid_ns && getppid() != self) _exit(127);
+    if (unshare(CLONE_NEWNS) != 0) fail("unshare(CLONE_NEWNS)", errno, 127);
+    // Nothing mounted from here on may propagate back to the host's mount namespace.
+    if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) != 0) fail("mount private", errno, 127);
     child(&o);
   }
   status_number("pid", (long)pid);
@@ -310,10 +393,15 @@ int main(int argc, char** argv) {
   }
   int status = 0;
   for (;;) {
-    pid_t r = waitpid(pid, &status, 0);
+    pid_t r = waitpid(pid, &status, WNOHANG);
     if (r == pid) break;
     if (r < 0 && errno != EINTR) fail("waitpid", errno, 1);
+    siginfo_t info;
+    if (sigwaitinfo(&wait_for, &info) < 0) continue;
+    // Its own pid cannot have been reused: the child is not reaped yet.
+    if (info.si_signo != SIGCHLD) kill(pid, SIGKILL);
   }
+  clean_up(&o);
   if (WIFSIGNALED(status)) status_number("signal", WTERMSIG(status));
   else status_number("exit", WEXITSTATUS(status));
   return 0;

@@ -304,6 +304,34 @@ describeJail('jailed VMs', () => {
     expectCleanedUp(vm.id);
   });
 
+  it('a parent killed with SIGKILL takes its jailed VM along, and the launcher removes the jail', async () => {
+    const vmId = id('orphan');
+    const script = `
+      require(${JSON.stringify(require.resolve('../../bench/register-ts'))});
+      const { MicroVM } = require(${JSON.stringify(require.resolve('../../lib/vm/microvm'))});
+      const vm = new MicroVM({ id: ${JSON.stringify(vmId)}, jail: ${JSON.stringify(jail())} }).memory(16).kernel(${JSON.stringify(guest('echo'))});
+      vm.start().then(() => console.log('pid ' + vm.jail.pid), (e) => { console.error(e); process.exit(1); });
+    `;
+    const { spawn } = await import('child_process');
+    const parent = spawn(process.execPath, ['-e', script], { stdio: ['ignore', 'pipe', 'inherit'], env: process.env });
+    const pid = await new Promise<number>((resolve, reject) => {
+      let out = '';
+      parent.stdout!.on('data', (c: Buffer) => {
+        out += c.toString();
+        const m = /pid (\d+)/.exec(out);
+        if (m) resolve(Number(m[1]));
+      });
+      parent.once('exit', () => reject(new Error(`the parent ended before the VM ran: ${out}`)));
+    });
+    expect(fs.existsSync(path.join(base, vmId))).toBe(true);
+    parent.kill('SIGKILL');
+    const deadline = Date.now() + 15_000;
+    const gone = () => !fs.existsSync(`/proc/${pid}`) && !fs.existsSync(path.join(base, vmId)) && cgroupLeftovers().every((d) => !d.endsWith(`/${vmId}`));
+    while (!gone() && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+    expect(fs.existsSync(`/proc/${pid}`)).toBe(false);
+    expectCleanedUp(vmId);
+  });
+
   it('refuses what a jail cannot carry, and leaves nothing behind when a start fails', async () => {
     expect(() => new MicroVM({ id: 'x', jail: jail() }).device({} as never)).toThrow(expect.objectContaining({ code: 'INVALID_JAIL' }));
     expect(() => new MicroVM({ jail: { gid: 1, chrootBase: base } as never })).toThrow(expect.objectContaining({ code: 'UID_MISSING' }));
