@@ -16,6 +16,7 @@ import { loadNative } from '../native/binding';
 import type { NativeAddon, NativeKvm } from '../native/types';
 import { startMachine, restoreMachine, type MachineEvents, type MachineHandle } from '../vm/machine';
 import type { HostFile, HostFileAccess, HostResources } from '../vm/host-resources';
+import type { TapInfo } from '../devices/net/host';
 import type { VmConfig } from '../vm/config';
 import { kindlingVersion, type SnapshotState } from '../snapshot/format';
 import type { LoadedSnapshot } from '../snapshot';
@@ -25,11 +26,14 @@ import { FrameReader, MAX_PARENT_FRAME, encodeFrame, toWireError, wireExitInfo }
 
 /** What one passed descriptor is (as the parent described it). */
 interface PassedMeta {
-  kind: 'kvm' | 'file' | 'memory';
+  kind: 'kvm' | 'file' | 'memory' | 'tap';
+  /** The file's path, or the TAP's name. */
   path: string;
   access: HostFileAccess;
   size: number;
   blockDevice: boolean;
+  /** A TAP's offload flags (what `openTap` probed). */
+  offloads?: number;
 }
 
 /**
@@ -113,6 +117,11 @@ export class PassedResources implements HostResources {
   async openFile(p: string, access: HostFileAccess): Promise<HostFile> {
     const { meta, fd } = this.take('file', access, p);
     return { fd, size: meta.size, blockDevice: meta.blockDevice };
+  }
+
+  openTap(name: string): TapInfo {
+    const { meta, fd } = this.take('tap', 'readWrite', name);
+    return { fd, name: meta.path, offloads: meta.offloads ?? 0 };
   }
 }
 

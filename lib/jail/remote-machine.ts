@@ -20,6 +20,7 @@ import { ConfigError } from '../config';
 import { BootError } from '../boot/errors';
 import { DeviceError } from '../devices/contract';
 import { BlockError } from '../devices/block/errors';
+import { tapError } from '../devices/net/factory';
 import type { NativeAddon } from '../native/types';
 import { NativeError } from '../native/errors';
 import { SnapshotError } from '../snapshot/errors';
@@ -87,7 +88,7 @@ export type JailChild = Pick<JailProcess, 'control' | 'ended' | 'pid' | 'root' |
 
 /** One descriptor for the child and what it is. */
 interface PassedResource {
-  meta: { kind: 'kvm' | 'file' | 'memory'; path: string; access: 'read' | 'readWrite'; size: number; blockDevice: boolean };
+  meta: { kind: 'kvm' | 'file' | 'memory' | 'tap'; path: string; access: 'read' | 'readWrite'; size: number; blockDevice: boolean; offloads?: number };
   fd: number;
 }
 
@@ -101,7 +102,7 @@ export async function startJailedMachine(config: VmConfig, opts: JailedStartOpti
   let resources: PassedResource[];
   try {
     if (!config.kernel) throw new ConfigError('NO_KERNEL', 'call kernel() before start()');
-    resources = await openResources(config, { kernel: true });
+    resources = await openResources(config, { kernel: true }, opts);
   } catch (e) {
     await opts.prepared?.abort();
     throw e;
@@ -135,7 +136,7 @@ export async function prepareJail(id: string, seccomp: boolean, opts: JailLaunch
 export async function restoreJailedMachine(
   snap: LoadedSnapshot, config: VmConfig, opts: JailedStartOptions & { memory: 'map' | 'copy'; paused: boolean },
 ): Promise<RemoteMachineHandle> {
-  const resources = await openResources(config, { kernel: false });
+  const resources = await openResources(config, { kernel: false }, opts);
   try {
     const fd = fs.openSync(snap.memoryPath, fs.constants.O_RDONLY);
     resources.push({ meta: { kind: 'memory', path: snap.memoryPath, access: 'read', size: 0, blockDevice: false }, fd });
@@ -186,7 +187,7 @@ async function launchAndSend(
 }
 
 /** Opens what the configuration names, in this process, with the errors start() would give. */
-async function openResources(config: VmConfig, what: { kernel: boolean }): Promise<PassedResource[]> {
+async function openResources(config: VmConfig, what: { kernel: boolean }, opts: JailLaunchOptions): Promise<PassedResource[]> {
   const out: PassedResource[] = [];
   try {
     try {
@@ -207,8 +208,9 @@ async function openResources(config: VmConfig, what: { kernel: boolean }): Promi
       }
     }
     for (const d of config.drives) out.push(await openDriveFile(d.path, d.readOnly));
-    if (config.devices.some((d) => d.kind === 'custom')) {
-      throw new ConfigError('INVALID_JAIL', 'devices of your own (vm.device()) cannot run in a jailed child');
+    for (const d of config.devices) {
+      if (d.kind === 'custom') throw new ConfigError('INVALID_JAIL', 'devices of your own (vm.device()) cannot run in a jailed child');
+      if (d.kind === 'virtio-net') out.push(openNicTap(d.id, d.config as { backend?: { kind?: string; name?: unknown } }, opts));
     }
   } catch (e) {
     closeResources(out);
@@ -225,6 +227,25 @@ async function openDriveFile(p: string, readOnly: boolean): Promise<PassedResour
   } catch (e) {
     throw new BlockError('OPEN_FAILED', `cannot open ${p}: ${(e as Error).message}`, { cause: e });
   }
+}
+
+/**
+ * A NIC's TAP, opened here in the jail's network namespace (where the TAP lives; the child could
+ * not open /dev/net/tun). Links to in-process switches and streams are objects of this process
+ * and cannot cross.
+ */
+function openNicTap(id: string, config: { backend?: { kind?: string; name?: unknown } }, opts: JailLaunchOptions): PassedResource {
+  const b = config.backend;
+  if (b?.kind !== 'tap' || typeof b.name !== 'string') {
+    throw new ConfigError('INVALID_JAIL', `NIC ${id}: only TAP backends can run in a jailed child (a link is an object of this process)`);
+  }
+  let tap;
+  try {
+    tap = opts.addon.openTap(b.name, opts.jail.netns);
+  } catch (e) {
+    throw tapError(b.name, e);
+  }
+  return { meta: { kind: 'tap', path: b.name, access: 'readWrite', size: 0, blockDevice: false, offloads: tap.offloads }, fd: tap.fd };
 }
 
 function closeResources(list: PassedResource[]): void {

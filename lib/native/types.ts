@@ -500,9 +500,12 @@ export interface NativeAddon {
    * Opens the existing TAP `name`: checks it exists (`if_nametoindex`, ENODEV otherwise), opens
    * `/dev/net/tun`, TUNSETIFF with IFF_TAP | IFF_NO_PI | IFF_VNET_HDR (EBUSY when attached
    * elsewhere, EINVAL when it is not such a TAP), TUNSETVNETHDRSZ 12, probes TUNSETOFFLOAD and
-   * clears it. Errors name the failing ioctl.
+   * clears it. Errors name the failing ioctl. With `netns` (the path of a network namespace, e.g.
+   * `/var/run/netns/fn-1`) all of that happens in that namespace, on a short-lived thread (this
+   * one never leaves its own): how a jailed VM's parent opens the TAPs that live in the jail's
+   * namespace.
    */
-  openTap(name: string): NativeTap;
+  openTap(name: string, netns?: string): NativeTap;
   /** TUNSETOFFLOAD on a TAP descriptor. */
   tapSetOffload(fd: number, flags: number): void;
   /**

@@ -1,6 +1,6 @@
 /**
  * The machine's one way to reach host resources its configuration names: the KVM device, the
- * kernel and initrd, and the files devices open ({@link HostFiles}).
+ * kernel and initrd, the files devices open ({@link HostFiles}) and TAPs.
  *
  * {@link localResources} opens them by path, in this process. A jailed child (`lib/jail/child.ts`)
  * implements the same interface with descriptors its parent opened and passed over a socket, so
@@ -11,6 +11,7 @@
 import * as fs from 'fs';
 import type { HostFile, HostFileAccess, HostFiles } from '../devices/host-files';
 import type { NativeAddon, NativeKvm } from '../native/types';
+import type { TapInfo } from '../devices/net/host';
 
 export type { HostFile, HostFileAccess, HostFiles } from '../devices/host-files';
 
@@ -20,6 +21,11 @@ export interface HostResources extends HostFiles {
   openKvm(path: string): NativeKvm;
   /** Reads a whole file (kernel image, initrd). Rejects with the system error. */
   readFile(path: string): Promise<Buffer>;
+  /**
+   * Opens the TAP `name` for a NIC (what `NetHost.openTap` returns). Throws a NativeError whose
+   * code the NIC factory turns into TAP_NOT_FOUND / TAP_BUSY / TAP_OPEN_FAILED.
+   */
+  openTap(name: string): TapInfo;
 }
 
 /** Host resources opened by path in this process. */
@@ -28,6 +34,7 @@ export function localResources(addon: NativeAddon): HostResources {
     openKvm: (path) => addon.openKvm(path),
     readFile: (path) => fs.promises.readFile(path),
     openFile: openLocalFile,
+    openTap: (name) => addon.openTap(name),
   };
 }
 

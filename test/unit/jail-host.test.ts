@@ -11,6 +11,7 @@ import { PassedResources } from '../../lib/jail/child';
 import { elfInterpreter, jailCodeDir, jailContents, loaderList } from '../../lib/jail/contents';
 import { moveSnapshotOut } from '../../lib/jail/remote-machine';
 import { MEMORY_FILE, STATE_FILE } from '../../lib/snapshot/format';
+import { NetnsTap } from './helpers/netns';
 
 const addon = loadNative();
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'kindling-jailhost-'));
@@ -137,5 +138,35 @@ describe('moving a snapshot out of a jail', () => {
   it('fails when the child wrote no snapshot', async () => {
     const s = scratch('empty');
     await expect(moveSnapshotOut(s, path.join(tmp, 'empty-out'))).rejects.toMatchObject({ code: 'SNAPSHOT_TRANSFER' });
+  });
+});
+
+const netUnavailable = NetnsTap.unavailable();
+(netUnavailable ? describe.skip : describe)('TAPs in a jail\'s network namespace (root)', () => {
+  it('are opened by the parent inside the namespace (and not found outside it), and handed out by name', () => {
+    const t = new NetnsTap('jt');
+    try {
+      t.moveIn('10.219.0.1/24');
+      const nsPath = `/run/netns/${t.ns}`;
+      expect(() => addon.openTap(t.tap)).toThrow(expect.objectContaining({ code: 'ENODEV' }));
+      const tap = addon.openTap(t.tap, nsPath);
+      expect(tap.name).toBe(t.tap);
+      expect(fs.readlinkSync(`/proc/self/fd/${tap.fd}`)).toBe('/dev/net/tun');
+      // This thread is still in its own namespace.
+      expect(() => addon.openTap(t.tap)).toThrow(expect.objectContaining({ code: 'ENODEV' }));
+      const [parent, child] = addon.socketPair('seqpacket');
+      addon.sendFds(parent, Buffer.from(JSON.stringify({ batch: 1, items: [{ kind: 'tap', path: t.tap, access: 'readWrite', size: 0, blockDevice: false, offloads: tap.offloads }] })), [tap.fd]);
+      addon.closeFd(tap.fd);
+      const res = new PassedResources(addon, child);
+      res.receive(1);
+      const got = res.openTap(t.tap);
+      expect(got).toMatchObject({ name: t.tap, offloads: tap.offloads });
+      expect(fs.readlinkSync(`/proc/self/fd/${got.fd}`)).toBe('/dev/net/tun');
+      expect(() => res.openTap(t.tap)).toThrow(/was not passed into the jail/);
+      for (const fd of [got.fd, parent, child]) addon.closeFd(fd);
+      expect(() => addon.openTap(t.tap, '/run/netns/no-such-ns')).toThrow(expect.objectContaining({ code: 'ENOENT' }));
+    } finally {
+      t.cleanup();
+    }
   });
 });
