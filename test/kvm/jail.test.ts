@@ -250,13 +250,15 @@ describeJail('jailed VMs', () => {
   });
 
   it('takes a snapshot inside the jail into the caller\'s directory, and restores it jailed and in-process', async () => {
-    const vm = new MicroVM({ id: id('snap'), jail: jail() }).memory(32).kernel(guest('counter'), { cmdline: 'console=ttyS0 count=100000' });
+    const vm = new MicroVM({ id: id('snap'), jail: jail() }).memory(32).trackDirtyPages().kernel(guest('counter'), { cmdline: 'console=ttyS0 count=100000' });
     let out = '';
     vm.on('serial', (c) => { out += c.toString('latin1'); });
     await vm.start();
     while (!/count=3 /.test(out)) await new Promise((r) => setTimeout(r, 20));
-    await vm.pause();
     const dir = path.join(tmp, 'snap');
+    // The child's own errors come back as the same classes.
+    await expect(vm.snapshot(dir)).rejects.toMatchObject({ name: 'SnapshotError', code: 'NOT_PAUSED' });
+    await vm.pause();
     const info = await vm.snapshot(dir);
     expect(info.dir).toBe(dir);
     expect(fs.readdirSync(dir).sort()).toEqual(['memory', 'vmstate']);
@@ -266,6 +268,16 @@ describeJail('jailed VMs', () => {
       expect(st.mode & 0o777).toBe(0o600);
     }
     const last = Math.max(...parseKt(out).lines.filter((l) => l.startsWith('count=')).map((l) => Number(/count=(\d+)/.exec(l)![1])));
+    // A diff on top, from the same jail.
+    await vm.resume();
+    await new Promise((r) => setTimeout(r, 100));
+    await vm.pause();
+    const diff = await vm.snapshot(path.join(tmp, 'snap-diff'), { type: 'diff' });
+    expect(diff.type).toBe('diff');
+    expect(diff.memory.pagesWritten).toBeGreaterThan(0);
+    // Only what the guest wrote since: a small part of its 32 MiB.
+    expect(diff.memory.bytes).toBeLessThan(4 * 1024 * 1024);
+    expect(fs.readdirSync(path.join(tmp, 'snap-diff')).sort()).toEqual(['memory', 'vmstate']);
     await vm.stop();
     expectCleanedUp(vm.id);
     for (const jailed of [true, false]) {
