@@ -15,7 +15,10 @@ export interface JailCgroupOptions {
   cpuMax?: string;
   /** `memory.max`: bytes, a size with a K/M/G/T suffix (`"512M"`), or `"max"`. */
   memoryMax?: string | number;
-  /** `pids.max`: the most tasks (threads included) the child may have, or `"max"`. */
+  /**
+   * `pids.max`: the most tasks (threads included) the child may have, or `"max"`. Node itself
+   * runs about 11 threads; add one per vCPU and one for KVM's own worker.
+   */
   pidsMax?: number | 'max';
   /** The groups' parent under each hierarchy's root (default `"kindling"`). */
   parent?: string;
