@@ -5,7 +5,7 @@
  * @module
  */
 import * as fs from 'fs';
-import { ConfigError, checkBoolean, checkOneOf, checkOptionsObject } from '../config';
+import { ConfigError, checkBoolean, checkOneOf, checkOptionsObject, describe } from '../config';
 import type { DriveConfig } from '../devices/block/config';
 import type { JailOptions } from '../jail/config';
 
@@ -170,7 +170,7 @@ export function checkKernel(path: unknown, opts: KernelOptions = {}): { path: st
   const cmdline = checkCmdline(opts.cmdline ?? DEFAULT_CMDLINE);
   if (opts.initrd !== undefined) {
     if (typeof opts.initrd !== 'string' || !isFile(opts.initrd)) {
-      throw new ConfigError('INITRD_NOT_FOUND', `initrd not found or not a regular file: ${String(opts.initrd)}`);
+      throw new ConfigError('INITRD_NOT_FOUND', `initrd not found or not a regular file: ${describe(opts.initrd)}`);
     }
   }
   return { path, cmdline, initrd: opts.initrd };
