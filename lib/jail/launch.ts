@@ -127,26 +127,27 @@ export class JailProcess {
 
   /** @internal Takes the launcher's status lines. */
   status(line: string): void {
-    const m = /^(pid|exit|signal|error|oom) (\S+)(?: (-?\d+))?$/.exec(line);
+    const err = /^error (.{1,64}) (\d{1,5})$/.exec(line);
+    if (err) {
+      if (this.setupError === undefined) this.setupError = `${err[1]}: ${errnoName(Number(err[2]))}`;
+      return;
+    }
+    const m = /^(pid|exit|signal|oom) (\d{1,10})$/.exec(line);
     if (!m) return;
+    const n = Number(m[2]);
     if (m[1] === 'pid') {
-      const pid = Number(m[2]);
-      if (Number.isInteger(pid) && pid > 0 && this.pid === 0) {
-        this.pid = pid;
+      if (n > 0 && this.pid === 0) {
+        this.pid = n;
         this.pidKnown(true);
       }
     } else if (m[1] === 'exit') {
-      this.childCode = Number(m[2]);
+      this.childCode = n;
       this.reported = true;
-    } else if (m[1] === 'oom') {
-      const n = Number(m[2]);
-      if (Number.isSafeInteger(n) && n > 0) this.oomReported = n;
     } else if (m[1] === 'signal') {
-      this.childSignal = signalName(Number(m[2]));
+      this.childSignal = signalName(n);
       this.reported = true;
-    } else if (this.setupError === undefined) {
-      const errno = Number(m[3]);
-      this.setupError = `${m[2]}: ${errnoName(errno)}`;
+    } else if (n > 0) {
+      this.oomReported = n;
     }
   }
 
@@ -309,7 +310,7 @@ export async function launchJail(opts: LaunchOptions): Promise<JailProcess> {
     const jp = new JailProcess(id, dir, root, cgroups, control, fdParent, launcher, addon);
     live.add(jp);
     installExitHook();
-    launcher.on('error', (e) => jp.status(`error spawn ${(e as NodeJS.ErrnoException).errno ?? 0}`));
+    launcher.on('error', (e) => jp.status(`error spawn ${Math.abs((e as NodeJS.ErrnoException).errno ?? 0)}`));
     readStatus((launcher.stdio as unknown as Readable[])[5], jp);
     launcher.stdout!.resume();
     launcher.stderr!.on('data', (c: Buffer) => jp.stderrData(c));

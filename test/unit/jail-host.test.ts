@@ -3,13 +3,17 @@
  * the child's table of them, the jail's contents (what the dynamic loader says the child needs),
  * and moving a snapshot out of a jail without trusting what the child left there.
  */
+import type { ChildProcess } from 'child_process';
+import { EventEmitter } from 'events';
 import * as fs from 'fs';
+import * as net from 'net';
 import * as os from 'os';
 import * as path from 'path';
 import { loadNative, loadedAddonPath } from '../../lib/native/binding';
 import { PassedResources } from '../../lib/jail/child';
 import { elfInterpreter, jailCodeDir, jailContents, loaderList } from '../../lib/jail/contents';
 import { moveSnapshotOut } from '../../lib/jail/remote-machine';
+import { JailProcess } from '../../lib/jail/launch';
 import { MEMORY_FILE, STATE_FILE } from '../../lib/snapshot/format';
 import { NetnsTap } from './helpers/netns';
 
@@ -168,5 +172,48 @@ const netUnavailable = NetnsTap.unavailable();
     } finally {
       t.cleanup();
     }
+  });
+});
+
+describe('the launcher\'s status lines', () => {
+  /** A JailProcess around a stand-in launcher (an EventEmitter that closes when told). */
+  function jailProcess(): { jp: JailProcess; close: (code: number | null, signal: string | null) => void } {
+    const launcher = new EventEmitter() as unknown as ChildProcess;
+    const [a, b] = addon.socketPair('stream');
+    addon.closeFd(b);
+    const control = new net.Socket({ fd: a, readable: true, writable: true });
+    control.destroy();
+    const jp = new JailProcess('x', '/nonexistent', '/nonexistent/root', { dirs: [], versions: [] }, control, -1, launcher, addon);
+    return { jp, close: (code, signal) => (launcher as unknown as EventEmitter).emit('close', code, signal) };
+  }
+
+  it('reads the pid, the child\'s signal and the OOM kills', async () => {
+    const { jp, close } = jailProcess();
+    jp.status('pid 4242');
+    expect(await jp.started).toBe(true);
+    expect(jp.pid).toBe(4242);
+    jp.status('oom 2');
+    jp.status('signal 9');
+    close(0, null);
+    expect(await jp.ended).toEqual({ code: null, signal: 'SIGKILL' });
+    expect(jp.oomKills()).toBe(2);
+  });
+
+  it('names a failed step (steps have spaces) with its errno', async () => {
+    const { jp, close } = jailProcess();
+    jp.status('error bind stat 2');
+    jp.status('error later 1');
+    jp.status('garbage');
+    jp.status(`pid ${'9'.repeat(20)}`);
+    close(1, null);
+    expect(await jp.started).toBe(false);
+    expect(await jp.ended).toEqual({ code: null, signal: null, setupError: 'bind stat: ENOENT' });
+  });
+
+  it('a launcher killed without a report counts as the child killed by SIGKILL', async () => {
+    const { jp, close } = jailProcess();
+    jp.status('pid 7');
+    close(null, 'SIGKILL');
+    expect(await jp.ended).toEqual({ code: null, signal: 'SIGKILL' });
   });
 });
