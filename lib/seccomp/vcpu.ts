@@ -96,6 +96,12 @@ export function vcpuSeccompPolicy(opts: VcpuPolicyOptions): SeccompPolicy {
     },
     { syscall: 'munmap', reason: 'glibc malloc trimming an arena reservation or freeing a mapped chunk' },
     {
+      syscall: 'sched_getaffinity',
+      reason: "glibc malloc, once per process, when a thread's first allocation would make more than 8 " +
+        'arenas: it sizes the arena limit by the CPUs the process may run on (arena_get2, ' +
+        '__get_nprocs_sched); that thread can be a vCPU thread in a process with many threads',
+    },
+    {
       syscall: 'brk',
       reason: 'glibc malloc growing or trimming the main arena, which a thread gets once the process has ' +
         'as many arenas as glibc allows (8 per core)',
