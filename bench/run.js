@@ -24,8 +24,10 @@
 //   invoke     vm.invoke() round trip through the vsock device (mock driver and guest agent, no KVM)
 //   balloon    balloon inflate rate: MiB/s of guest memory returned to the host (real anonymous mapping)
 //   seccomp    port-read round trips per second with and without the vCPU seccomp filter (needs /dev/kvm)
+//   jail       start-to-running time in this process, jailed (cold) and jailed after prepare() (needs
+//              /dev/kvm and root)
 //
-//   node --expose-gc bench/run.js [startrate|setup|density|console|shard|compare|queue|block|snapshot|net|vsock|invoke|balloon|seccomp ...]
+//   node --expose-gc bench/run.js [startrate|setup|density|console|shard|compare|queue|block|snapshot|net|vsock|invoke|balloon|seccomp|jail ...]
 //   (default: all but compare)
 'use strict';
 const path = require('path');
@@ -44,7 +46,7 @@ function runTs(file) {
 async function main() {
   const { isKvmAvailable } = require('kindling');
   const kvm = isKvmAvailable();
-  const kvmBenches = ['startrate', 'setup', 'density', 'console', 'shard', 'snapshot', 'seccomp', 'compare'];
+  const kvmBenches = ['startrate', 'setup', 'density', 'console', 'shard', 'snapshot', 'seccomp', 'jail', 'compare'];
   if (kvmBenches.some((b) => (b === 'compare' ? which.includes(b) : want(b)))) {
     if (!kvm.ok) console.log(`${kvmBenches.join(', ')}: skipped, KVM unavailable (${kvm.reason}); try: bash scripts/kvm-in-qemu.sh -- npm run bench`);
     else if (which.includes('compare')) await require('./compare').run();
@@ -56,6 +58,7 @@ async function main() {
       if (want('shard')) await require('./shard.bench').run();
       if (want('snapshot')) await require('./snapshot.bench').run();
       if (want('seccomp')) await require('./seccomp.bench').run();
+      if (want('jail')) await require('./jail.bench').run();
     }
   }
   if (want('queue') && fs.existsSync(path.join(__dirname, 'queue.bench.ts'))) runTs('queue.bench.ts');

@@ -9,6 +9,7 @@
 #include "eventfd.h"
 #include "fd_poll.h"
 #include "fd_watch.h"
+#include "jail.h"
 #include "kvm_system.h"
 #include "tap.h"
 #include "memory_advice.h"
@@ -53,6 +54,11 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("discardMemory", Napi::Function::New<DiscardMemory>(env, "discardMemory"));
   exports.Set("mapAnonymous", Napi::Function::New<MapAnonymous>(env, "mapAnonymous"));
   exports.Set("pageSize", Napi::Function::New<PageSize>(env, "pageSize"));
+  exports.Set("socketPair", Napi::Function::New<SocketPair>(env, "socketPair"));
+  exports.Set("sendFds", Napi::Function::New<SendFds>(env, "sendFds"));
+  exports.Set("receiveFds", Napi::Function::New<ReceiveFds>(env, "receiveFds"));
+  exports.Set("adoptKvm", Napi::Function::New<AdoptKvm>(env, "adoptKvm"));
+  exports.Set("installProcessSeccomp", Napi::Function::New<InstallProcessSeccomp>(env, "installProcessSeccomp"));
   exports.Set("setErrorClass", Napi::Function::New<SetErrorClass>(env, "setErrorClass"));
   exports.Set("setUntransferableMarker", Napi::Function::New<SetUntransferableMarker>(env, "setUntransferableMarker"));
   exports.Set("kickSignal", Napi::Number::New(env, KickSignal()));

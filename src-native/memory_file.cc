@@ -167,14 +167,19 @@ MemoryFileResult WriteMemoryFile(const uint8_t* addr, uint64_t size, const std::
 }
 
 MemoryFileResult ReadMemoryFile(uint8_t* addr, uint64_t size, const std::string& path) {
-  MemoryFileResult r;
   Fd fd(open(path.c_str(), O_RDONLY | O_CLOEXEC));
   if (fd.get() < 0) {
+    MemoryFileResult r;
     Fail(&r, "open", errno, path);
     return r;
   }
+  return ReadMemoryFileFd(addr, size, fd.get(), path);
+}
+
+MemoryFileResult ReadMemoryFileFd(uint8_t* addr, uint64_t size, int fileFd, const std::string& path) {
+  MemoryFileResult r;
   struct stat st;
-  if (fstat(fd.get(), &st) < 0) {
+  if (fstat(fileFd, &st) < 0) {
     Fail(&r, "fstat", errno, path);
     return r;
   }
@@ -185,7 +190,7 @@ MemoryFileResult ReadMemoryFile(uint8_t* addr, uint64_t size, const std::string&
   }
   off_t pos = 0;
   while (static_cast<uint64_t>(pos) < fileSize) {
-    off_t data = lseek(fd.get(), pos, SEEK_DATA);
+    off_t data = lseek(fileFd, pos, SEEK_DATA);
     if (data < 0) {
       if (errno == ENXIO) break;  // no data after pos: the rest is a hole
       if (errno == EINVAL) {
@@ -195,13 +200,13 @@ MemoryFileResult ReadMemoryFile(uint8_t* addr, uint64_t size, const std::string&
         return r;
       }
     }
-    off_t hole = lseek(fd.get(), data, SEEK_HOLE);
+    off_t hole = lseek(fileFd, data, SEEK_HOLE);
     if (hole < 0) hole = static_cast<off_t>(fileSize);
     uint64_t off = static_cast<uint64_t>(data);
     const uint64_t end = std::min<uint64_t>(static_cast<uint64_t>(hole), fileSize);
     while (off < end) {
       const size_t chunk = static_cast<size_t>(std::min(end - off, kMaxWriteRun));
-      const ssize_t n = pread(fd.get(), addr + off, chunk, static_cast<off_t>(off));
+      const ssize_t n = pread(fileFd, addr + off, chunk, static_cast<off_t>(off));
       if (n < 0) {
         if (errno == EINTR) continue;
         Fail(&r, "pread", errno, path);

@@ -43,4 +43,10 @@ MemoryFileResult WriteMemoryFile(const uint8_t* addr, uint64_t size, const std::
  */
 MemoryFileResult ReadMemoryFile(uint8_t* addr, uint64_t size, const std::string& path);
 
+/**
+ * ReadMemoryFile from an open descriptor instead of a path (a jailed child's memory file comes
+ * as a descriptor); `fd` is read with pread and not closed; `name` only labels errors.
+ */
+MemoryFileResult ReadMemoryFileFd(uint8_t* addr, uint64_t size, int fd, const std::string& name);
+
 }  // namespace kindling

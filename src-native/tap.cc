@@ -8,8 +8,11 @@
 #include <sys/uio.h>
 #include <unistd.h>
 
+#include <sched.h>
+
 #include <cstring>
 #include <string>
+#include <thread>
 
 #include "convert.h"
 #include "errors.h"
@@ -31,12 +34,6 @@ constexpr unsigned kOffloadProbes[] = {
     TUN_F_CSUM,
     0,
 };
-
-/** Closes `fd` keeping errno, then throws for `op`. */
-[[noreturn]] void FailClose(Napi::Env env, int fd, const char* op, int err, const std::string& detail) {
-  close(fd);
-  ThrowErrno(env, op, err, detail);
-}
 
 /** The spans of a call, resolved to host pointers and checked against their buffers. */
 int BuildIovec(const Napi::CallbackInfo& info, struct iovec* iov, size_t* total) {
@@ -83,39 +80,87 @@ int BuildIovec(const Napi::CallbackInfo& info, struct iovec* iov, size_t* total)
 
 }  // namespace
 
-Napi::Value OpenTap(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
-  if (info.Length() < 1 || !info[0].IsString()) ThrowType(env, "openTap: name must be a string");
-  const std::string name = info[0].As<Napi::String>().Utf8Value();
-  if (name.empty() || name.size() >= IFNAMSIZ) ThrowRange(env, "openTap: interface names are 1-15 bytes");
+namespace {
+
+/** What opening a TAP produced: the descriptor and facts, or the failing step and errno. */
+struct TapOpen {
+  int fd = -1;
+  std::string name;
+  unsigned offloads = 0;
+  const char* op = nullptr;
+  int err = 0;
+  std::string detail;
+};
+
+TapOpen Failed(int fd, const char* op, int err, const std::string& detail) {
+  if (fd >= 0) close(fd);
+  TapOpen r;
+  r.op = op;
+  r.err = err;
+  r.detail = detail;
+  return r;
+}
+
+/** The TAP `name` of the calling thread's network namespace (plain C++: may run on any thread). */
+TapOpen OpenTapHere(const std::string& name) {
   // TUNSETIFF creates a missing interface (given CAP_NET_ADMIN); a NIC must only attach to an
   // existing one, so check first. (An interface deleted in between would be re-created.)
-  if (if_nametoindex(name.c_str()) == 0) ThrowErrno(env, "if_nametoindex", errno == 0 ? ENODEV : errno, name);
-
+  if (if_nametoindex(name.c_str()) == 0) return Failed(-1, "if_nametoindex", errno == 0 ? ENODEV : errno, name);
   const int fd = open("/dev/net/tun", O_RDWR | O_NONBLOCK | O_CLOEXEC);
-  if (fd < 0) ThrowErrno(env, "open", errno, "/dev/net/tun");
+  if (fd < 0) return Failed(-1, "open", errno, "/dev/net/tun");
   struct ifreq ifr;
   memset(&ifr, 0, sizeof ifr);
   ifr.ifr_flags = IFF_TAP | IFF_NO_PI | IFF_VNET_HDR;
   memcpy(ifr.ifr_name, name.data(), name.size());
-  if (ioctl(fd, TUNSETIFF, &ifr) < 0) FailClose(env, fd, "TUNSETIFF", errno, name);
+  if (ioctl(fd, TUNSETIFF, &ifr) < 0) return Failed(fd, "TUNSETIFF", errno, name);
   int hdr = kVnetHdrSize;
-  if (ioctl(fd, TUNSETVNETHDRSZ, &hdr) < 0) FailClose(env, fd, "TUNSETVNETHDRSZ", errno, name);
+  if (ioctl(fd, TUNSETVNETHDRSZ, &hdr) < 0) return Failed(fd, "TUNSETVNETHDRSZ", errno, name);
   unsigned accepted = 0;
   for (unsigned flags : kOffloadProbes) {
     if (ioctl(fd, TUNSETOFFLOAD, static_cast<unsigned long>(flags)) == 0) {
       accepted = flags;
       break;
     }
-    if (errno != EINVAL) FailClose(env, fd, "TUNSETOFFLOAD", errno, name);
+    if (errno != EINVAL) return Failed(fd, "TUNSETOFFLOAD", errno, name);
   }
   // Start with no offloads: the kernel may send GSO frames only once the driver accepted them.
-  if (ioctl(fd, TUNSETOFFLOAD, 0UL) < 0) FailClose(env, fd, "TUNSETOFFLOAD", errno, name);
+  if (ioctl(fd, TUNSETOFFLOAD, 0UL) < 0) return Failed(fd, "TUNSETOFFLOAD", errno, name);
+  TapOpen r;
+  r.fd = fd;
+  r.name.assign(ifr.ifr_name, strnlen(ifr.ifr_name, IFNAMSIZ));
+  r.offloads = accepted;
+  return r;
+}
 
+}  // namespace
+
+Napi::Value OpenTap(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 1 || !info[0].IsString()) ThrowType(env, "openTap: name must be a string");
+  const std::string name = info[0].As<Napi::String>().Utf8Value();
+  if (name.empty() || name.size() >= IFNAMSIZ) ThrowRange(env, "openTap: interface names are 1-15 bytes");
+  TapOpen r;
+  if (info.Length() > 1 && !info[1].IsUndefined()) {
+    if (!info[1].IsString()) ThrowType(env, "openTap: netns must be the path of a network namespace");
+    const std::string netns = info[1].As<Napi::String>().Utf8Value();
+    const int nsFd = open(netns.c_str(), O_RDONLY | O_CLOEXEC);
+    if (nsFd < 0) ThrowErrno(env, "open", errno, netns);
+    // A network namespace is a thread's: a short-lived thread enters it and opens the TAP there
+    // (the TAP belongs to the namespace it was attached in), and this thread never leaves its own.
+    std::thread t([&] {
+      if (setns(nsFd, CLONE_NEWNET) != 0) r = Failed(-1, "setns", errno, netns);
+      else r = OpenTapHere(name);
+    });
+    t.join();
+    close(nsFd);
+  } else {
+    r = OpenTapHere(name);
+  }
+  if (r.op != nullptr) ThrowErrno(env, r.op, r.err, r.detail);
   Napi::Object out = Napi::Object::New(env);
-  out.Set("fd", Napi::Number::New(env, fd));
-  out.Set("name", Napi::String::New(env, ifr.ifr_name, strnlen(ifr.ifr_name, IFNAMSIZ)));
-  out.Set("offloads", Napi::Number::New(env, accepted));
+  out.Set("fd", Napi::Number::New(env, r.fd));
+  out.Set("name", Napi::String::New(env, r.name));
+  out.Set("offloads", Napi::Number::New(env, r.offloads));
   return out;
 }
 

@@ -7,7 +7,7 @@
 
 namespace kindling {
 
-/** Module function `openTap(name)` -> { fd, name, offloads }. */
+/** Module function `openTap(name, netns?)` -> { fd, name, offloads }. */
 Napi::Value OpenTap(const Napi::CallbackInfo& info);
 /** Module function `tapSetOffload(fd, flags)`. */
 Napi::Value TapSetOffload(const Napi::CallbackInfo& info);

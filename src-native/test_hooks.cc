@@ -9,6 +9,7 @@
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
+#include <sys/ioctl.h>
 #include <sys/wait.h>
 #include <netinet/in.h>
 #include <unistd.h>
@@ -372,6 +373,37 @@ Napi::Value SeccompRun(const Napi::CallbackInfo& info) {
   return o;
 }
 
+// jailAttempt(what): the jailed child's test of its whole-process filter (lib/jail/child.ts calls
+// it on the parent's request): makes a call that filter must refuse, on the calling (JavaScript)
+// thread. Each is what an escaping child would try: run a program, open a host file for writing,
+// reach the network, push input into a terminal. Returns the call's result only when the filter
+// let it through (the test then fails on the process surviving).
+Napi::Value JailAttempt(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  static const char* const kArgv[] = {"/bin/sh", "-c", "echo kindling-test: execve ran", nullptr};
+  static const char* const kEnvp[] = {nullptr};
+  long r = 0;
+  switch (RefusedCallOf(env, info[0])) {
+    case kExecve:
+      r = syscall(SYS_execve, kArgv[0], kArgv, kEnvp);
+      break;
+    case kOpen:
+      r = syscall(SYS_openat, AT_FDCWD, "/etc/passwd", O_RDWR | O_CLOEXEC);
+      break;
+    case kSocket:
+      r = syscall(SYS_socket, AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+      break;
+    case kIoctl: {
+      char c = 'x';
+      r = syscall(SYS_ioctl, STDIN_FILENO, TIOCSTI, &c);
+      break;
+    }
+    default:
+      break;
+  }
+  return Napi::Number::New(env, static_cast<double>(r == -1 ? -errno : r));
+}
+
 }  // namespace
 
 void AttemptRefusedCall(VcpuCore& v, int what) {
@@ -385,8 +417,10 @@ void AttemptRefusedCall(VcpuCore& v, int what) {
       r = syscall(SYS_execve, kArgv[0], kArgv, kEnvp);
       break;
     case kOpen:
+      // Read-write: a read-only open fails with EACCES under the vCPU policy (glibc's free() may
+      // make one), every other open traps.
       name = "open";
-      r = syscall(SYS_openat, AT_FDCWD, "/etc/passwd", O_RDONLY | O_CLOEXEC);
+      r = syscall(SYS_openat, AT_FDCWD, "/etc/passwd", O_RDWR | O_CLOEXEC);
       break;
     case kSocket:
       name = "socket";
@@ -416,6 +450,7 @@ Napi::Object CreateTestHooks(Napi::Env env) {
   o.Set("attemptOnStart", Napi::Function::New<AttemptOnStart>(env, "attemptOnStart"));
   o.Set("seccompEvaluate", Napi::Function::New<SeccompEvaluate>(env, "seccompEvaluate"));
   o.Set("seccompRun", Napi::Function::New<SeccompRun>(env, "seccompRun"));
+  o.Set("jailAttempt", Napi::Function::New<JailAttempt>(env, "jailAttempt"));
   return o;
 }
 

@@ -11,7 +11,8 @@ namespace kindling {
 
 /**
  * `{ createVm(): NativeVm, startScript(vm, id, ops, filter?), scriptResults(vm, id): number[],
- * attemptOnStart(vcpu, what), seccompEvaluate(filter, calls): number[], seccompRun(filter, call) }`.
+ * attemptOnStart(vcpu, what), seccompEvaluate(filter, calls): number[], seccompRun(filter, call),
+ * jailAttempt(what): number }`.
  */
 Napi::Object CreateTestHooks(Napi::Env env);
 

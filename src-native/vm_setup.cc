@@ -56,7 +56,8 @@ struct SlotSpec {
 };
 
 struct LoadSpec {
-  std::string path;
+  int fd = -1;       // the caller's descriptor, open until the set-up has finished; never closed here
+  std::string name;  // for error messages
   uint64_t fileOffset = 0;
   uint64_t length = 0;
   uint64_t zeroFill = 0;
@@ -195,23 +196,10 @@ bool Setup::Run() {
 }
 
 bool Setup::LoadFiles() {
-  std::map<std::string, int> fds;
-  struct Closer {
-    std::map<std::string, int>& fds;
-    ~Closer() {
-      for (auto& e : fds) close(e.second);
-    }
-  } closer{fds};
+  // By descriptor only: the caller opened the files (in a jailed child, its parent did), so the
+  // addon needs no path to the host's filesystem.
   for (const LoadSpec& l : loads) {
-    int fd;
-    auto it = fds.find(l.path);
-    if (it != fds.end()) {
-      fd = it->second;
-    } else {
-      fd = open(l.path.c_str(), O_RDONLY | O_CLOEXEC);
-      if (fd < 0) return Fail("open", errno, l.path);
-      fds.emplace(l.path, fd);
-    }
+    const int fd = l.fd;
     // Straight into guest memory: no copy through a JavaScript buffer.
     uint8_t* dst = mappings[l.buffer]->addr + l.memOffset;
     uint64_t done = 0;
@@ -219,9 +207,9 @@ bool Setup::LoadFiles() {
       const ssize_t n = pread(fd, dst + done, l.length - done, static_cast<off_t>(l.fileOffset + done));
       if (n < 0) {
         if (errno == EINTR) continue;
-        return Fail("pread", errno, l.path);
+        return Fail("pread", errno, l.name);
       }
-      if (n == 0) return Fail("pread", EIO, l.path + " is shorter than its load plan (was it changed?)");
+      if (n == 0) return Fail("pread", EIO, l.name + " is shorter than its load plan (was it changed?)");
       done += static_cast<uint64_t>(n);
     }
     if (l.zeroFill != 0) std::memset(dst + l.length, 0, l.zeroFill);
@@ -428,10 +416,14 @@ void Parse(Napi::Env env, Napi::Value value, Setup* s) {
   Napi::Array loads = Arr(env, o.Get("loads"), "loads", true);
   for (uint32_t i = 0; i < loads.Length(); i++) {
     Napi::Object e = Obj(env, loads.Get(i), "a load");
-    Napi::Value path = e.Get("path");
-    if (!path.IsString()) ThrowType(env, "createVmAsync: a load's path must be a string");
+    Napi::Value fd = e.Get("fd");
+    Napi::Value name = e.Get("name");
+    if (!fd.IsNumber() || !name.IsString()) ThrowType(env, "createVmAsync: a load needs a descriptor (fd) and a name");
     LoadSpec l;
-    l.path = path.As<Napi::String>().Utf8Value();
+    const double fdValue = fd.As<Napi::Number>().DoubleValue();
+    if (!(fdValue >= 0 && fdValue <= 0x7fffffff) || fdValue != static_cast<int>(fdValue)) ThrowRange(env, "createVmAsync: a load's fd is not a descriptor");
+    l.fd = static_cast<int>(fdValue);
+    l.name = name.As<Napi::String>().Utf8Value();
     l.fileOffset = U64(env, e, "fileOffset");
     l.length = U64(env, e, "length");
     l.zeroFill = e.Get("zeroFill").IsUndefined() ? 0 : U64(env, e, "zeroFill");

@@ -36,22 +36,45 @@ std::string PathArg(const Napi::CallbackInfo& info, size_t i) {
   return path;
 }
 
+/**
+ * A memory file named by path, or by an open descriptor (a number: what a jailed child has).
+ * `fd` is a duplicate the caller owns (so both forms are closed alike), -1 for a path.
+ */
+struct FileRef {
+  std::string name;
+  int fd = -1;
+};
+
+FileRef FileArg(const Napi::CallbackInfo& info, size_t i) {
+  if (info.Length() > i && info[i].IsNumber()) {
+    const int fd = ArgFd(info, i);
+    const int dup = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+    if (dup < 0) ThrowErrno(info.Env(), "fcntl(F_DUPFD_CLOEXEC)", errno, "descriptor " + std::to_string(fd));
+    return {"descriptor " + std::to_string(fd), dup};
+  }
+  return {PathArg(info, i), -1};
+}
+
 // Runs a memory-file transfer on the thread pool with the mapping pinned; settles a promise.
 class MemoryFileWorker : public Napi::AsyncWorker {
  public:
   enum class Kind { kWrite, kRead };
 
   MemoryFileWorker(Napi::Env env, Kind kind, std::shared_ptr<Mapping> mapping, std::string path,
-                   std::vector<uint8_t> pages, bool sync)
+                   std::vector<uint8_t> pages, bool sync, int fd = -1)
       : Napi::AsyncWorker(env, "kindling:memory-file"),
         deferred_(Napi::Promise::Deferred::New(env)),
         kind_(kind),
         mapping_(std::move(mapping)),
         path_(std::move(path)),
         pages_(std::move(pages)),
-        sync_(sync) {}
+        sync_(sync),
+        fd_(fd) {}
 
-  ~MemoryFileWorker() override { mapping_->Unpin(); }
+  ~MemoryFileWorker() override {
+    mapping_->Unpin();
+    if (fd_ >= 0) close(fd_);
+  }
 
   Napi::Promise Promise() { return deferred_.Promise(); }
 
@@ -59,7 +82,8 @@ class MemoryFileWorker : public Napi::AsyncWorker {
     if (kind_ == Kind::kWrite) {
       result_ = WriteMemoryFile(mapping_->addr, mapping_->size, path_, !mapping_->fileBacked, pages_, sync_);
     } else {
-      result_ = ReadMemoryFile(mapping_->addr, mapping_->size, path_);
+      result_ = fd_ >= 0 ? ReadMemoryFileFd(mapping_->addr, mapping_->size, fd_, path_)
+                         : ReadMemoryFile(mapping_->addr, mapping_->size, path_);
     }
   }
 
@@ -88,6 +112,7 @@ class MemoryFileWorker : public Napi::AsyncWorker {
   std::string path_;
   std::vector<uint8_t> pages_;
   bool sync_;
+  int fd_;
   MemoryFileResult result_;
 };
 
@@ -222,12 +247,13 @@ Napi::Value Vm::GetDirtyLog(const Napi::CallbackInfo& info) {
 Napi::Value Vm::MapMemoryFile(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   if (Closed()) ThrowErrno(env, "mmap", EBADF, "the VM is closed");
-  const std::string path = PathArg(info, 0);
   const uint64_t size = ArgSafeU64(info, 1, "size");
   if (size == 0 || size % kPage != 0 || size > (uint64_t(1) << 46)) {
     ThrowRange(env, "mapMemoryFile: size must be a multiple of 4096 in (0, 2^46]");
   }
-  const int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  const FileRef file = FileArg(info, 0);
+  const std::string& path = file.name;
+  const int fd = file.fd >= 0 ? file.fd : open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) ThrowErrno(env, "open", errno, path);
   struct stat st;
   if (fstat(fd, &st) < 0) {
@@ -285,9 +311,12 @@ Napi::Value Vm::ReadMemoryFile(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   std::shared_ptr<Mapping> mapping = info.Length() > 0 ? FindMapping(info[0]) : nullptr;
   if (mapping == nullptr) ThrowRange(env, "readMemoryFile: memory is not a live buffer of this VM");
-  const std::string path = PathArg(info, 1);
-  if (!mapping->Pin()) ThrowErrno(env, "readMemoryFile", EBADF, "the memory is unmapped");
-  auto* worker = new MemoryFileWorker(env, MemoryFileWorker::Kind::kRead, mapping, path, {}, false);
+  const FileRef file = FileArg(info, 1);
+  if (!mapping->Pin()) {
+    if (file.fd >= 0) close(file.fd);
+    ThrowErrno(env, "readMemoryFile", EBADF, "the memory is unmapped");
+  }
+  auto* worker = new MemoryFileWorker(env, MemoryFileWorker::Kind::kRead, mapping, file.name, {}, false, file.fd);
   Napi::Promise promise = worker->Promise();
   worker->Queue();
   return promise;

@@ -49,7 +49,15 @@ export type ConfigErrorCode =
   /** Entropy device options are wrong. */
   | 'INVALID_ENTROPY'
   /** Balloon options or updates are wrong. */
-  | 'INVALID_BALLOON';
+  | 'INVALID_BALLOON'
+  /** Jail options are wrong (paths, ids, limits), or ask for what a jail cannot carry (devices of your own). */
+  | 'INVALID_JAIL'
+  /** A jail was asked for without the `uid` and `gid` its child is to run as. */
+  | 'UID_MISSING'
+  /** A jail needs root (namespaces, mounts, cgroups); this process is not running as root. */
+  | 'JAIL_REQUIRES_ROOT'
+  /** Neither cgroup v2 nor the cgroup v1 controllers the jail's limits need are mounted here. */
+  | 'CGROUP_UNAVAILABLE';
 
 /**
  * A builder method, update or `start()` was given a configuration that cannot work. Thrown at

@@ -31,6 +31,7 @@ const ADDON_FILE = 'kindling.node';
 const MAX_PARENT_LEVELS = 4;
 
 let cached: NativeAddon | undefined;
+let cachedPath: string | undefined;
 
 function candidatePaths(): string[] {
   const fromEnv = process.env[ADDON_PATH_ENV];
@@ -75,7 +76,17 @@ export function loadNative(): NativeAddon {
   raw.setErrorClass(NativeError);
   raw.setUntransferableMarker(markAsUntransferable);
   cached = raw;
+  cachedPath = found;
   return raw;
+}
+
+/**
+ * The file {@link loadNative} loaded the addon from (loading it first): a jailed child loads the
+ * same file, and the jail launcher is built next to it.
+ */
+export function loadedAddonPath(): string {
+  loadNative();
+  return path.resolve(cachedPath!);
 }
 
 /** Result of {@link isKvmAvailable}. */

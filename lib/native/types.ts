@@ -312,8 +312,10 @@ export interface MemorySlotSetup {
 
 /** A file range {@link VmSetup} reads into guest memory (a kernel segment, an initrd). */
 export interface GuestLoad {
-  /** The file. */
-  path: string;
+  /** An open descriptor of the file (the caller keeps it open until the set-up has finished). */
+  fd: number;
+  /** The file's name, for error messages. */
+  name: string;
   /** First byte of the range in the file. */
   fileOffset: number;
   /** Bytes read; the file must have them all. */
@@ -433,14 +435,15 @@ export interface NativeVm {
    */
   allocateMemory(size: number): ArrayBuffer;
   /**
-   * Maps `size` bytes of the file at `path` (a snapshot's memory file) privately (MAP_PRIVATE |
+   * Maps `size` bytes of the file at `path` (a snapshot's memory file; or a number: an open
+   * descriptor of it, which stays open and the caller's) privately (MAP_PRIVATE |
    * MAP_NORESERVE) and returns it as an ArrayBuffer like {@link allocateMemory}'s: pages load on
    * first access, guest writes go to private copies, and VMs mapping the same file share the pages
    * they only read. Throws NativeError `EINVAL` (ioctl 'mmap') when the file is shorter than `size`.
    * The file must not change while it is mapped: pages the guest has not written yet show the
    * file's current bytes, and a truncated file makes them fault (replace files by renaming).
    */
-  mapMemoryFile(path: string, size: number): ArrayBuffer;
+  mapMemoryFile(path: string | number, size: number): ArrayBuffer;
   /**
    * Writes a memory buffer of this VM to a new file at `path` (created or truncated, as large as
    * the memory) on the thread pool; the JavaScript thread goes on meanwhile. Without
@@ -451,11 +454,12 @@ export interface NativeVm {
    */
   writeMemoryFile(memory: ArrayBuffer, path: string, options?: WriteMemoryFileOptions): Promise<MemoryFileWriteResult>;
   /**
-   * Copies the data extents of the file at `path` into a memory buffer of this VM on the thread
+   * Copies the data extents of the file at `path` (or of the open descriptor `path`, which stays
+   * the caller's) into a memory buffer of this VM on the thread
    * pool (holes are skipped: they read as the zeros a fresh mapping already holds). The file must
    * not be larger than the memory (`EFBIG`).
    */
-  readMemoryFile(memory: ArrayBuffer, path: string): Promise<MemoryFileReadResult>;
+  readMemoryFile(memory: ArrayBuffer, path: string | number): Promise<MemoryFileReadResult>;
   /**
    * Turns KVM's dirty-page log for a slot on or off (re-issues KVM_SET_USER_MEMORY_REGION with
    * KVM_MEM_LOG_DIRTY_PAGES). Logging starts clean. RangeError for a slot that was not set up.
@@ -683,9 +687,12 @@ export interface NativeAddon {
    * Opens the existing TAP `name`: checks it exists (`if_nametoindex`, ENODEV otherwise), opens
    * `/dev/net/tun`, TUNSETIFF with IFF_TAP | IFF_NO_PI | IFF_VNET_HDR (EBUSY when attached
    * elsewhere, EINVAL when it is not such a TAP), TUNSETVNETHDRSZ 12, probes TUNSETOFFLOAD and
-   * clears it. Errors name the failing ioctl.
+   * clears it. Errors name the failing ioctl. With `netns` (the path of a network namespace, e.g.
+   * `/var/run/netns/fn-1`) all of that happens in that namespace, on a short-lived thread (this
+   * one never leaves its own): how a jailed VM's parent opens the TAPs that live in the jail's
+   * namespace.
    */
-  openTap(name: string): NativeTap;
+  openTap(name: string, netns?: string): NativeTap;
   /** TUNSETOFFLOAD on a TAP descriptor. */
   tapSetOffload(fd: number, flags: number): void;
   /**
@@ -718,6 +725,33 @@ export interface NativeAddon {
   mapAnonymous(size: number): ArrayBuffer;
   /** The host page size (sysconf(_SC_PAGESIZE)). */
   pageSize(): number;
+  /**
+   * socketpair(AF_UNIX, SOCK_STREAM or SOCK_SEQPACKET, SOCK_CLOEXEC): the two connected ends.
+   * The jailed mode's control channel and descriptor channel (lib/jail).
+   */
+  socketPair(kind: 'stream' | 'seqpacket'): [number, number];
+  /**
+   * One sendmsg(2) of `data` (1 byte to 1 MiB) with `fds` (at most 253) attached as SCM_RIGHTS,
+   * non-blocking (NativeError EAGAIN when the socket is full). The descriptors stay open here.
+   */
+  sendFds(socket: number, data: Uint8Array, fds: readonly number[]): void;
+  /**
+   * One recvmsg(2), non-blocking, received descriptors close-on-exec: the bytes and descriptors
+   * of the next message, `null` when there is none yet; empty `data` and no descriptors at end of
+   * stream. A message longer than `maxBytes` or with more than `maxFds` descriptors is refused
+   * whole (its descriptors closed; NativeError EMSGSIZE).
+   */
+  receiveFds(socket: number, maxBytes: number, maxFds: number): { data: Buffer; fds: number[] } | null;
+  /** A {@link NativeKvm} that owns `fd`, an open KVM device passed into this process. */
+  adoptKvm(fd: number): NativeKvm;
+  /**
+   * Installs a seccomp-BPF program (lib/seccomp) on every thread of the process at once
+   * (SECCOMP_FILTER_FLAG_TSYNC), after setting no_new_privs; threads started later inherit it.
+   * A call the program traps is reported on stderr and the process is killed with SIGSYS (the
+   * same report as the vCPU threads' filter). Irreversible.
+   * @throws NativeError from 'prctl(PR_SET_NO_NEW_PRIVS)' or 'seccomp(SECCOMP_SET_MODE_FILTER, TSYNC)'
+   */
+  installProcessSeccomp(filter: Uint8Array): void;
 }
 
 /** Properties the addon sets on every Error it throws. */

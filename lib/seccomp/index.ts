@@ -23,3 +23,5 @@ export type { SyscallName } from './x86-64';
 export { KVM_RUN, vcpuSeccompFilter, vcpuSeccompPolicy } from './vcpu';
 export type { VcpuPolicyOptions } from './vcpu';
 export { BPF_INSTRUCTION_BYTES, BPF_MAX_INSTRUCTIONS } from './bpf';
+export { PROCESS_IOCTLS, processSeccompFilter, processSeccompPolicy } from './process';
+export type { ProcessPolicyOptions } from './process';

@@ -82,10 +82,11 @@ export interface SyscallRule {
   /** Why the thread needs this call (kept with the rule for review). */
   readonly reason: string;
   /**
-   * What the filter returns when this rule matches, instead of the policy's `onMatch` (e.g.
-   * {@link seccompRetErrno} to refuse one known, harmless call with an error rather than a kill).
+   * Instead of allowing the matching call, fail it with this errno (`SECCOMP_RET_ERRNO`): for
+   * calls a library tries and has a fallback for, such as clone3 (whose flags live in memory a
+   * filter cannot read: glibc falls back to clone on ENOSYS, whose flags it can).
    */
-  readonly action?: number;
+  readonly errno?: number;
 }
 
 /**
@@ -111,10 +112,10 @@ export interface FilterActions {
 }
 
 /**
- * What a policy makes of one call: a rule matched (`'match'`, or `'action'` for a rule with its
- * own {@link SyscallRule.action}), none did, or another ABI.
+ * What a policy makes of one call: allowed by a rule (`'match'`), failed with an errno by a rule
+ * that has one (`'errno'`), refused (`'mismatch'`), or another ABI's call.
  */
-export type SeccompVerdict = 'match' | 'action' | 'mismatch' | 'foreign-abi';
+export type SeccompVerdict = 'match' | 'errno' | 'mismatch' | 'foreign-abi';
 
 /** A call as seccomp sees it (`struct seccomp_data` without the instruction pointer). */
 export interface SeccompCall {
@@ -155,14 +156,21 @@ function normalizeCheck(rule: SyscallRule, c: ArgCheck): NormalizedCheck {
 }
 
 /** Rules grouped by call number, in order of first appearance. */
-function groupRules(policy: SeccompPolicy): { nr: number; alternatives: { checks: NormalizedCheck[]; action?: number }[] }[] {
-  const groups = new Map<number, { checks: NormalizedCheck[]; action?: number }[]>();
+interface NormalizedAlternative {
+  checks: NormalizedCheck[];
+  /** The rule's errno, or undefined to allow. */
+  errno?: number;
+}
+
+function groupRules(policy: SeccompPolicy): { nr: number; alternatives: NormalizedAlternative[] }[] {
+  const groups = new Map<number, NormalizedAlternative[]>();
   for (const rule of policy.rules) {
     const nr = SYSCALLS[rule.syscall];
     if (nr === undefined) throw new SeccompError('BAD_RULE', `unknown system call ${String(rule.syscall)}`);
     const checks = (rule.args ?? []).map((c) => normalizeCheck(rule, c));
+    if (rule.errno !== undefined) seccompRetErrno(rule.errno);
     const list = groups.get(nr) ?? [];
-    list.push({ checks, ...(rule.action !== undefined ? { action: checkAction(`action of the rule for ${rule.syscall}`, rule.action) } : {}) });
+    list.push({ checks, errno: rule.errno });
     groups.set(nr, list);
   }
   return [...groups].map(([nr, alternatives]) => ({ nr, alternatives }));
@@ -229,7 +237,7 @@ export function compileFilter(policy: SeccompPolicy, actions: FilterActions = {}
   // test, and every path through a group's body ends in a return.
   for (const { nr, alternatives } of groupRules(policy)) {
     const body: BpfInstruction[] = [];
-    for (const alt of alternatives) body.push(...compileAlternative(alt.checks, alt.action ?? onMatch));
+    for (const alt of alternatives) body.push(...compileAlternative(alt.checks, alt.errno === undefined ? onMatch : seccompRetErrno(alt.errno)));
     body.push(stmt(BPF_RET_K, onMismatch));
     if (body.length <= BPF_MAX_COND_JUMP) {
       program.push(jump(BPF_JMP_JEQ_K, nr, 0, body.length));
@@ -260,7 +268,7 @@ export function evaluatePolicy(policy: SeccompPolicy, call: SeccompCall): Seccom
       const full = n.width === 'dword' ? U32 : U64;
       return ((args[n.index] ?? 0n) & full & n.mask) === n.value;
     });
-    if (ok) return rule.action === undefined ? 'match' : 'action';
+    if (ok) return rule.errno === undefined ? 'match' : 'errno';
   }
   return 'mismatch';
 }

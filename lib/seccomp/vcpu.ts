@@ -10,7 +10,7 @@
  * addon's SIGSYS handler reports the call and the kernel kills the process (src-native/seccomp.cc).
  * @module
  */
-import { compileFilter, seccompRetErrno, type ArgCheck, type FilterActions, type SeccompPolicy, type SyscallRule } from './policy';
+import { compileFilter, type ArgCheck, type FilterActions, type SeccompPolicy, type SyscallRule } from './policy';
 
 /** errno EACCES. */
 const EACCES = 13;
@@ -104,6 +104,12 @@ export function vcpuSeccompPolicy(opts: VcpuPolicyOptions): SeccompPolicy {
     },
     { syscall: 'munmap', reason: 'glibc malloc trimming an arena reservation or freeing a mapped chunk' },
     {
+      syscall: 'sched_getaffinity',
+      reason: "glibc malloc, once per process, when a thread's first allocation would make more than 8 " +
+        'arenas: it sizes the arena limit by the CPUs the process may run on (arena_get2, ' +
+        '__get_nprocs_sched); that thread can be a vCPU thread in a process with many threads',
+    },
+    {
       syscall: 'brk',
       reason: 'glibc malloc growing or trimming the main arena, which a thread gets once the process has ' +
         'as many arenas as glibc allows (8 per core)',
@@ -118,7 +124,7 @@ export function vcpuSeccompPolicy(opts: VcpuPolicyOptions): SeccompPolicy {
     ...(opts.overcommitPathAddress !== undefined ? [{
       syscall: 'openat' as const,
       args: [{ index: 1, width: 'qword' as const, value: opts.overcommitPathAddress }],
-      action: seccompRetErrno(EACCES),
+      errno: EACCES,
       reason: "glibc's check_may_shrink_heap reading /proc/sys/vm/overcommit_memory when a thread arena first shrinks: " +
         'refused with EACCES, which glibc treats as the default policy (the path is libc\'s own constant string)',
     }] : []),

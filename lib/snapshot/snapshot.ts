@@ -236,6 +236,11 @@ export interface LoadedSnapshot {
   state: SnapshotState;
   /** Path of its memory file (checked to exist with the size the layout says). */
   memoryPath: string;
+  /**
+   * An open descriptor of the memory file, used instead of `memoryPath` when present: a jailed
+   * child (lib/jail) has no path to it, only the descriptor its parent passed in.
+   */
+  memoryFd?: number;
 }
 
 /**
@@ -341,10 +346,10 @@ export async function restoreMemory(vm: NativeVm, snap: LoadedSnapshot, mode: 'm
   const { size, regions } = snap.state.memory;
   let buffer: ArrayBuffer;
   if (mode === 'map') {
-    buffer = vm.mapMemoryFile(snap.memoryPath, size);
+    buffer = vm.mapMemoryFile(snap.memoryFd ?? snap.memoryPath, size);
   } else if (mode === 'copy') {
     buffer = vm.allocateMemory(size);
-    await vm.readMemoryFile(buffer, snap.memoryPath);
+    await vm.readMemoryFile(buffer, snap.memoryFd ?? snap.memoryPath);
   } else {
     throw new SnapshotError('BAD_ARGUMENT', `memory mode ${String(mode)}: 'map' or 'copy'`);
   }

@@ -5,9 +5,10 @@
  * @module
  */
 import * as fs from 'fs';
-import { ConfigError, checkBoolean, checkOneOf, checkOptionsObject } from '../config';
+import { ConfigError, checkBoolean, checkOneOf, checkOptionsObject, describe } from '../config';
 import type { DriveConfig } from '../devices/block/config';
 import type { MmdsOptions } from '../devices/net/config';
+import type { JailOptions } from '../jail/config';
 
 export type { DriveOptions, DriveConfig, DriveUpdate } from '../devices/block/config';
 
@@ -41,7 +42,7 @@ export interface KernelOptions {
 export type HostQuirksMode = 'auto' | 'emulated-kvm' | 'none';
 
 /** The keys {@link MicroVMOptions} may have. */
-const MICROVM_OPTION_KEYS = ['id', 'kvmPath', 'hostQuirks', 'seccomp'] as const;
+const MICROVM_OPTION_KEYS = ['id', 'kvmPath', 'hostQuirks', 'seccomp', 'jail'] as const;
 
 /** Options of the MicroVM constructor. */
 export interface MicroVMOptions {
@@ -60,6 +61,13 @@ export interface MicroVMOptions {
    * turns it off, for debugging.
    */
   seccomp?: boolean;
+  /**
+   * Run the VM in a jailed child process (Firecracker's jailer): its own mount, PID, IPC and UTS
+   * namespaces (and `netns`), a root holding only what it needs, its own cgroup, the given uid and
+   * gid, no capabilities, and a seccomp filter for the whole process. Needs root. The MicroVM's
+   * methods, events and streams are the same; devices of your own cannot be used.
+   */
+  jail?: JailOptions;
 }
 
 /** A virtio device to build at `start()`: its kind, id and validated configuration. */
@@ -109,6 +117,7 @@ export function initialConfig(options: unknown = {}): VmConfig {
     throw new ConfigError('INVALID_OPTION', 'kvmPath must be a non-empty string');
   }
   const seccomp = checkBoolean(opts.seccomp, 'seccomp', 'INVALID_OPTION', true);
+  // `jail` is checked by the MicroVM (lib/jail/config.ts) and kept out of the saved configuration.
   return { id, kvmPath, hostQuirks, seccomp, vcpus: 1, memoryMib: 128, drives: [], devices: [], trackDirtyPages: false, bootTimer: false };
 }
 
@@ -164,7 +173,7 @@ export function checkKernel(path: unknown, opts: KernelOptions = {}): { path: st
   const cmdline = checkCmdline(opts.cmdline ?? DEFAULT_CMDLINE);
   if (opts.initrd !== undefined) {
     if (typeof opts.initrd !== 'string' || !isFile(opts.initrd)) {
-      throw new ConfigError('INITRD_NOT_FOUND', `initrd not found or not a regular file: ${String(opts.initrd)}`);
+      throw new ConfigError('INITRD_NOT_FOUND', `initrd not found or not a regular file: ${describe(opts.initrd)}`);
     }
   }
   return { path, cmdline, initrd: opts.initrd };

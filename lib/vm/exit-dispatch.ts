@@ -42,6 +42,12 @@ export interface ExitInfo {
   /** The KVM_EXIT_* number behind an `'error'`. */
   kvmExitReason?: number;
   /**
+   * For a VM run in a jailed child process (`new MicroVM({ jail })`) that was killed: the signal
+   * that ended the process, e.g. `'SIGKILL'` (its cgroup's memory limit, or a child that stopped
+   * answering) or `'SIGSYS'` (a call its seccomp filter refused). The reason is then `'error'`.
+   */
+  signal?: string;
+  /**
    * Devices whose `close()` failed during teardown (their resources may not all have been
    * released); absent when every device closed cleanly. Reported here, never thrown.
    */

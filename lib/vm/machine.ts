@@ -36,7 +36,7 @@ import { composeCmdline, orderedDrives, type VmConfig, type DeviceSpec } from '.
 import { VmError } from './errors';
 import { DeviceManager, announcement, virtioPlacement } from './device-manager';
 import { bootVcpuSetups, supportedCpuid } from './vcpu-setup';
-import { bootVmSetup, planImages, ramLayout, restoreVmSetup } from './native-setup';
+import { bootVmSetup, closeImages, openImages, planImages, ramLayout, restoreVmSetup } from './native-setup';
 import { startTurn } from './start-turns';
 import { ExitDispatcher, type ExitInfo } from './exit-dispatch';
 import type { VmMetrics } from './metrics';
@@ -60,6 +60,7 @@ import type { Duplex } from 'stream';
 import type { BlockMetrics } from '../devices/block/device';
 import { KindlingError } from '../errors';
 import { NativeError } from '../native/errors';
+import { localResources, type HostFiles, type HostResources } from './host-resources';
 
 export type { ExitInfo } from './exit-dispatch';
 
@@ -182,6 +183,8 @@ interface MachineHost {
   balloon: BalloonHost;
   mmds?: MmdsStore;
   links: ReadonlyMap<string, FrameSwitch | Duplex>;
+  /** How a device opens a host file its configuration names (see {@link HostResources}). */
+  files: HostFiles;
 }
 
 /** A KVM_IRQ_LINE-driven interrupt line for the legacy devices. */
@@ -214,6 +217,12 @@ export interface StartOptions {
   mmds?: MmdsStore;
   /** Link objects of NICs on in-process links, by NIC id. */
   links?: ReadonlyMap<string, FrameSwitch | Duplex>;
+  /**
+   * How the machine reaches the host resources its configuration names: the KVM device, kernel,
+   * initrd and device files (default {@link localResources}: opened here by path). A jailed child
+   * passes descriptors its parent opened instead; nothing else in the machine differs.
+   */
+  resources?: HostResources;
 }
 
 /** What a snapshot's `machine` record holds: enough to rebuild the machine around the saved state. */
@@ -232,36 +241,43 @@ export async function startMachine(config: VmConfig, opts: StartOptions): Promis
   if (!config.kernel) throw new ConfigError('NO_KERNEL', 'call kernel() before start()');
   // Many starts at once take one loop iteration each for their JavaScript part (start-turns.ts).
   await startTurn();
+  const resources = opts.resources ?? localResources(opts.addon);
   const memSize = config.memoryMib * 1024 * 1024;
   // Plan the image loads before creating anything, so a vanished file or a bad image costs no KVM
-  // set-up. Only the kernel's headers are read here; the addon reads the images into guest memory.
-  const images = planImages(config.kernel.path, config.kernel.initrd, memSize);
-  const ram = ramLayout(memSize);
-  const quirks = hostQuirksOf(config);
-  // The command line announces the virtio devices where the device manager will place them (it
-  // checks that it did); the boot structures are built here and written by the addon with the
-  // rest, so that no page of fresh guest memory is first touched on this thread.
-  const announcements = plannedAnnouncements(config);
-  const cmdline = composeCmdline(config.kernel.cmdline, {
-    root: config.drives.find((d) => d.root),
-    announcements,
-    extra: quirks.emulatedKvm ? cpu.quirkCmdlineArgs() : [],
-  });
-  const image = boot.bootMemoryImage({
-    kernel: images.kernel.plan.kernel, cmdline, initrdPlacement: images.initrd?.placement, vcpuCount: config.vcpus, memSize,
-  });
-  const vcpus = (kvm: NativeKvm) => bootVcpuSetups({
-    count: config.vcpus,
-    entry: images.kernel.plan.kernel.entry,
-    supportedCpuid: supportedCpuid(kvm, config.kvmPath),
-    quirks,
-  });
-  return withVm(config, opts.addon, (kvm) => bootVmSetup(ram, images, image.writes, vcpus(kvm)), async (kvm, made) => {
-    const memory = ram.regions.map((r) => ({ guestAddr: r.guestAddr, size: r.size, slot: r.slot, fileOffset: r.fileOffset, buffer: made.memory[r.buffer], byteOffset: r.byteOffset }));
-    const machine = new Machine(config, opts, kvm, made.vm, memory, { slotsRegistered: true, vcpus: made.vcpus });
-    await machine.build({ cmdline: image.setup.cmdline, announcements });
-    return machine;
-  });
+  // set-up. Only the kernel's headers are read here; the addon reads the images into guest memory
+  // from the descriptors opened here (in a jailed child, the ones its parent passed).
+  const files = openImages(resources, config.kernel);
+  try {
+    const images = planImages(files, memSize);
+    const ram = ramLayout(memSize);
+    const quirks = hostQuirksOf(config);
+    // The command line announces the virtio devices where the device manager will place them (it
+    // checks that it did); the boot structures are built here and written by the addon with the
+    // rest, so that no page of fresh guest memory is first touched on this thread.
+    const announcements = plannedAnnouncements(config);
+    const cmdline = composeCmdline(config.kernel.cmdline, {
+      root: config.drives.find((d) => d.root),
+      announcements,
+      extra: quirks.emulatedKvm ? cpu.quirkCmdlineArgs() : [],
+    });
+    const image = boot.bootMemoryImage({
+      kernel: images.kernel.plan.kernel, cmdline, initrdPlacement: images.initrd?.placement, vcpuCount: config.vcpus, memSize,
+    });
+    const vcpus = (kvm: NativeKvm) => bootVcpuSetups({
+      count: config.vcpus,
+      entry: images.kernel.plan.kernel.entry,
+      supportedCpuid: supportedCpuid(kvm, config.kvmPath),
+      quirks,
+    });
+    return await withVm(config, resources, (kvm) => bootVmSetup(ram, images, image.writes, vcpus(kvm)), async (kvm, made) => {
+      const memory = ram.regions.map((r) => ({ guestAddr: r.guestAddr, size: r.size, slot: r.slot, fileOffset: r.fileOffset, buffer: made.memory[r.buffer], byteOffset: r.byteOffset }));
+      const machine = new Machine(config, opts, kvm, made.vm, memory, { slotsRegistered: true, vcpus: made.vcpus });
+      await machine.build({ cmdline: image.setup.cmdline, announcements });
+      return machine;
+    });
+  } finally {
+    closeImages(files);
+  }
 }
 
 /**
@@ -273,7 +289,7 @@ export async function startMachine(config: VmConfig, opts: StartOptions): Promis
 export async function restoreMachine(
   snap: LoadedSnapshot, config: VmConfig, opts: StartOptions & { memory: 'map' | 'copy'; paused: boolean },
 ): Promise<MachineHandle> {
-  return withVm(config, opts.addon, () => restoreVmSetup(snap.state.vcpuCount), async (kvm, made) => {
+  return withVm(config, opts.resources ?? localResources(opts.addon), () => restoreVmSetup(snap.state.vcpuCount), async (kvm, made) => {
     // restoreMemory has registered the slots already.
     const buffer = await restoreMemory(made.vm, snap, opts.memory);
     const memory = snap.state.memory.regions.map((r) => ({ ...r, buffer, byteOffset: r.fileOffset }));
@@ -300,13 +316,13 @@ export function machineConfigOf(snap: LoadedSnapshot): { config: VmConfig; cmdli
  */
 async function withVm(
   config: VmConfig,
-  addon: NativeAddon,
+  resources: HostResources,
   setup: (kvm: NativeKvm) => VmSetup,
   build: (kvm: NativeKvm, made: VmSetupResult) => Promise<MachineHandle>,
 ): Promise<MachineHandle> {
   let kvm: NativeKvm;
   try {
-    kvm = addon.openKvm(config.kvmPath);
+    kvm = resources.openKvm(config.kvmPath);
   } catch (e) {
     throw new VmError('KVM_UNAVAILABLE', `cannot open ${config.kvmPath}: ${(e as Error).message}`, e);
   }
@@ -380,6 +396,7 @@ class Machine implements MachineHandle {
   private readonly kinds: DeviceKindRegistry;
   private hostServices: MachineHost | undefined;
   private readonly events: MachineEvents;
+  private readonly resources: HostResources;
   private vcpus: NativeVcpu[] = [];
   private runningVcpus = 0;
   private exit: ExitInfo | undefined;
@@ -401,6 +418,7 @@ class Machine implements MachineHandle {
   ) {
     const { addon, events } = opts;
     this.events = events;
+    this.resources = opts.resources ?? localResources(addon);
     this.kinds = opts.kinds ?? BUILTIN_DEVICE_KINDS;
     this.quirks = hostQuirksOf(config);
     if (placed.vcpus) this.vcpus.push(...placed.vcpus);
@@ -548,12 +566,13 @@ class Machine implements MachineHandle {
   private host(): MachineHost {
     this.hostServices ??= {
       memory: this.memory,
-      net: new NativeNetHost(this.opts.addon),
+      net: new NativeNetHost(this.opts.addon, this.resources),
       vsock: createVsockHost(),
       entropy: createEntropyHost(),
       balloon: createBalloonHost(this.memory, this.opts.addon),
       mmds: this.opts.mmds,
       links: this.opts.links ?? new Map(),
+      files: this.resources,
     };
     return this.hostServices;
   }

@@ -4,7 +4,7 @@
  */
 import { EventEmitter } from 'eventemitter3';
 import type { Duplex } from 'stream';
-import { loadNative } from '../native/binding';
+import { loadNative, loadedAddonPath } from '../native/binding';
 import type { NativeAddon } from '../native/types';
 import { ConfigError, describe, checkBoolean, checkInteger, checkOneOf, checkOptionsObject } from '../config';
 import { loadSnapshot, type LoadedSnapshot, type SnapshotInfo } from '../snapshot';
@@ -33,6 +33,8 @@ import { startMachine, restoreMachine, machineConfigOf, type MachineHandle, type
 import { restoredConfig } from './restore-config';
 import { MAX_VIRTIO_DEVICES, announcement, virtioPlacement } from './device-manager';
 import { SerialStream } from './serial-stream';
+import { checkJailOptions, type JailConfig, type JailOptions } from '../jail/config';
+import { RemoteMachineHandle, checkJailable, prepareJail, restoreJailedMachine, startJailedMachine, type JailInfo } from '../jail/remote-machine';
 import type { VmMetrics } from './metrics';
 
 /** Ids of the devices every VM has (or may have) besides those the user names. */
@@ -121,6 +123,8 @@ export interface RestoreOptions {
     /** The Firecracker-compatible socket path instead of the saved one. */
     udsPath?: string;
   };
+  /** Run the restored VM in a jailed child (see {@link MicroVMOptions.jail}). */
+  jail?: JailOptions;
 }
 
 /** Options of {@link MicroVM.clones}. */
@@ -164,14 +168,20 @@ export class MicroVM extends EventEmitter<MicroVMEvents> {
   private readonly addonLoader: () => NativeAddon;
   /** Host quirks as detected at construction: they decide the command-line additions. */
   private readonly quirks: cpu.HostQuirks;
+  /** The validated jail, when the VM runs in a jailed child. */
+  private readonly jailConfig: JailConfig | undefined;
+  /** The jailed child made ready by {@link prepare}, or on its way. */
+  private preparing: Promise<RemoteMachineHandle> | undefined;
 
   /**
-   * @param options id, KVM device path and host-quirk mode; all optional.
-   * @throws ConfigError INVALID_ID / INVALID_OPTION / UNKNOWN_OPTION
+   * @param options id, KVM device path, host-quirk mode, seccomp, jail; all optional.
+   * @throws ConfigError INVALID_ID / INVALID_OPTION / UNKNOWN_OPTION; for `jail`: INVALID_JAIL /
+   *   UID_MISSING / JAIL_REQUIRES_ROOT / CGROUP_UNAVAILABLE
    */
   constructor(options: MicroVMOptions = {}) {
     super();
     this.config = initialConfig(options);
+    this.jailConfig = options.jail !== undefined ? checkJailOptions(options.jail) : undefined;
     this.quirks = this.config.hostQuirks === 'auto' ? cpu.detectHostQuirks() : { emulatedKvm: this.config.hostQuirks === 'emulated-kvm' };
     this.exitPromise = new Promise((resolve) => { this.resolveExit = resolve; });
     this.addonLoader = loadNative;
@@ -185,6 +195,14 @@ export class MicroVM extends EventEmitter<MicroVMEvents> {
   /** Current lifecycle state. */
   get state(): VmState {
     return this.stateValue;
+  }
+
+  /**
+   * Where a jailed VM's process is (its pid, jail root and cgroups) while it runs; undefined for
+   * a VM run in this process, and before start.
+   */
+  get jail(): JailInfo | undefined {
+    return this.handle instanceof RemoteMachineHandle && this.stateValue !== 'exited' ? this.handle.jail : undefined;
   }
 
   /** The command line the guest was booted with (empty before start). */
@@ -252,10 +270,12 @@ export class MicroVM extends EventEmitter<MicroVMEvents> {
    * unit-testing it without KVM). It gets the next virtio-mmio window and interrupt after the
    * drives and the devices added before it, and is announced to the guest on the command line;
    * the machine calls its `close()` at teardown.
-   * @throws ConfigError INVALID_DEVICE (not a virtio device) / DUPLICATE_ID / TOO_MANY_DEVICES / INVALID_CMDLINE
+   * @throws ConfigError INVALID_DEVICE (not a virtio device) / DUPLICATE_ID / TOO_MANY_DEVICES / INVALID_CMDLINE;
+   *   INVALID_JAIL for a jailed VM
    */
   device(device: VirtioDevice): this {
     this.configurable();
+    if (this.jailConfig) throw new ConfigError('INVALID_JAIL', 'device(): devices of your own cannot run in a jailed child (they are objects of this process)');
     checkVirtioDevice(device);
     this.checkDeviceId(device.id);
     const spec = { kind: 'custom', id: device.id, config: { id: device.id } };
@@ -270,14 +290,16 @@ export class MicroVM extends EventEmitter<MicroVMEvents> {
    * in-process link (`{ link: new VirtualSwitch() }` or any objectMode Duplex of Ethernet frames).
    * NICs are announced after the drives, in the order added (`eth0`, `eth1`… in a Linux guest).
    * @throws ConfigError INVALID_NIC / INVALID_MAC / TAP_NOT_FOUND / DUPLICATE_ID /
-   *   INVALID_RATE_LIMITER / UNKNOWN_OPTION / TOO_MANY_DEVICES / INVALID_CMDLINE
+   *   INVALID_RATE_LIMITER / UNKNOWN_OPTION / TOO_MANY_DEVICES / INVALID_CMDLINE; INVALID_JAIL (a link for a jailed VM)
    */
   nic(id: string, options: NicOptions): this {
     this.configurable();
     const config = checkNicOptions(id, options, this.config.devices.filter((d) => d.kind === netDeviceKind.kind).map((d) => d.id));
     this.checkDeviceId(config.id);
     const b = config.backend;
-    if (b.kind === 'tap' && !fs.existsSync(`/sys/class/net/${b.name}/tun_flags`)) {
+    if (this.jailConfig && b.kind !== 'tap') throw new ConfigError('INVALID_JAIL', `nic ${id}: only TAP backends can run in a jailed child (a link is an object of this process)`);
+    // A jailed VM's TAP lives in the jail's network namespace, where start() opens it.
+    if (b.kind === 'tap' && this.jailConfig?.netns === undefined && !fs.existsSync(`/sys/class/net/${b.name}/tun_flags`)) {
       throw new ConfigError('TAP_NOT_FOUND', `nic ${id}: there is no TAP interface ${b.name} (create it first, e.g. ip tuntap add ${b.name} mode tap)`);
     }
     const spec = { kind: netDeviceKind.kind, id: config.id, config: nicSpecOf(config) };
@@ -304,10 +326,11 @@ export class MicroVM extends EventEmitter<MicroVMEvents> {
    * Turns on the metadata service (Firecracker's MMDS) for the guest, reachable through the NICs
    * listed (which must have been added): HTTP on port 80 at `ipv4Address` (default
    * 169.254.169.254), `version: 'v2'` with session tokens. Set its data with `setMetadata()`.
-   * @throws ConfigError INVALID_MMDS / UNKNOWN_OPTION
+   * @throws ConfigError INVALID_MMDS / UNKNOWN_OPTION; INVALID_JAIL for a jailed VM
    */
   mmds(options: MmdsOptions): this {
     this.configurable();
+    if (this.jailConfig) throw new ConfigError('INVALID_JAIL', 'mmds() cannot run in a jailed child yet (its store lives in this process)');
     const nics = this.config.devices.filter((d) => d.kind === netDeviceKind.kind).map((d) => d.id);
     const config = checkMmdsOptions(options, nics);
     const previous = this.mmdsStore?.get();
@@ -349,10 +372,11 @@ export class MicroVM extends EventEmitter<MicroVMEvents> {
    * guest ports through that Unix socket as with Firecracker (`CONNECT <port>\n`), and guest
    * connections to host port P go to `<udsPath>_<P>`. Listeners (`vsockListen`) may be added
    * before `start()`.
-   * @throws ConfigError INVALID_VSOCK / DUPLICATE_ID / UNKNOWN_OPTION / TOO_MANY_DEVICES
+   * @throws ConfigError INVALID_VSOCK / DUPLICATE_ID / UNKNOWN_OPTION / TOO_MANY_DEVICES; INVALID_JAIL for a jailed VM
    */
   vsock(options: VsockOptions): this {
     this.configurable();
+    if (this.jailConfig) throw new ConfigError('INVALID_JAIL', 'vsock() cannot run in a jailed child yet (its connections and listeners live in this process)');
     const config = checkVsockOptions(options);
     this.checkDeviceId(VSOCK_ID);
     const spec = { kind: vsockDeviceKind.kind, id: VSOCK_ID, config: { ...config, id: VSOCK_ID } };
@@ -524,6 +548,27 @@ export class MicroVM extends EventEmitter<MicroVMEvents> {
   }
 
   /**
+   * For a jailed VM: builds the jail and starts its child now, up to where the child has loaded
+   * everything, installed its seccomp filter and waits for the configuration; `start()` then only
+   * sends it (which is what makes a jailed start about as quick as one in this process). Optional:
+   * `start()` does all of it when `prepare()` was not called. The waiting child does not keep this
+   * process alive; `stop()` removes it. Nothing to do for a VM run in this process.
+   * @throws ConfigError ALREADY_STARTED; JailError JAIL_EXISTS / LAUNCH_FAILED (then `start()`
+   *   fails the same way)
+   */
+  prepare(): Promise<void> {
+    this.configurable();
+    const jail = this.jailConfig;
+    if (!jail) return Promise.resolve();
+    if (!this.preparing) {
+      this.preparing = prepareJail(this.config.id, this.config.seccomp !== false, { addon: this.addonLoader(), addonPath: loadedAddonPath(), jail });
+      // Reported by whoever awaits prepare() or start(); never an unhandled rejection.
+      this.preparing.catch(() => undefined);
+    }
+    return this.preparing.then(() => undefined);
+  }
+
+  /**
    * Creates the VM and starts its vCPUs; resolves once they run.
    * @throws ConfigError NO_KERNEL / ALREADY_STARTED; VmError when KVM is missing or refuses;
    *   BootError for an image that does not load; a device's error when it cannot be built
@@ -550,9 +595,12 @@ export class MicroVM extends EventEmitter<MicroVMEvents> {
     };
     try {
       const addon = this.addonLoader();
-      this.handle = launch
-        ? await launch(events, addon)
-        : await startMachine(this.config, { addon, customDevices: this.customDevices, events, mmds: this.mmdsStore, links: this.links });
+      if (launch) this.handle = await launch(events, addon);
+      else if (this.jailConfig) {
+        const prepared = this.preparing ? await this.preparing : undefined;
+        this.handle = await startJailedMachine(this.config, { addon, addonPath: loadedAddonPath(), events, jail: this.jailConfig, prepared });
+      }
+      else this.handle = await startMachine(this.config, { addon, customDevices: this.customDevices, events, mmds: this.mmdsStore, links: this.links });
     } catch (e) {
       this.onExited({ reason: 'error', message: (e as Error).message }, false);
       throw e;
@@ -644,21 +692,29 @@ export class MicroVM extends EventEmitter<MicroVMEvents> {
    * tells whether the caller should let it run ({@link MicroVM.resumeHeld}).
    */
   private static async restoreLoadedHeld(snap: LoadedSnapshot, options: RestoreOptions, hold = true): Promise<{ vm: MicroVM; resume: boolean }> {
-    const o = checkOptionsObject(options, ['id', 'resume', 'memory', 'drives', 'devices', 'nics', 'vsock'], 'restore options', 'INVALID_OPTION');
+    const o = checkOptionsObject(options, ['id', 'resume', 'memory', 'drives', 'devices', 'nics', 'vsock', 'jail'], 'restore options', 'INVALID_OPTION');
     const resume = checkBoolean(o.resume, 'restore resume', 'INVALID_OPTION', true);
     const paused = !resume || hold;
     const memory = checkOneOf(o.memory, 'restore memory', 'INVALID_OPTION', ['map', 'copy'] as const, 'map');
     const saved = machineConfigOf(snap).config;
-    const vm = new MicroVM({ ...(o.id !== undefined ? { id: o.id as string } : {}), kvmPath: saved.kvmPath, hostQuirks: saved.hostQuirks, seccomp: saved.seccomp !== false });
+    const vm = new MicroVM({
+      ...(o.id !== undefined ? { id: o.id as string } : {}), kvmPath: saved.kvmPath, hostQuirks: saved.hostQuirks, seccomp: saved.seccomp !== false,
+      ...(o.jail !== undefined ? { jail: o.jail as JailOptions } : {}),
+    });
+    if (vm.jailConfig && Array.isArray(saved.devices) && saved.devices.some((d) => d.kind === 'custom')) {
+      throw new ConfigError('INVALID_JAIL', 'the snapshot has devices of your own, which cannot run in a jailed child');
+    }
     // The saved configuration, checked again as any input, with this VM's host resources.
     const config = restoredConfig(saved, vm.config.id, { drives: o.drives, devices: o.devices, nics: o.nics, vsock: o.vsock }, vm.customDevices, vm.links);
+    if (vm.jailConfig) checkJailable({ ...vm.config, ...config });
     Object.assign(vm.config, config);
     vm.stateValue = 'starting';
     vm.rebuildServices();
+    const jail = vm.jailConfig;
     vm.starting = vm.doStart(
-      (events, addon) => restoreMachine(snap, vm.config, {
-        addon, events, customDevices: vm.customDevices, mmds: vm.mmdsStore, links: vm.links, memory, paused,
-      }),
+      (events, addon) => (jail
+        ? restoreJailedMachine(snap, vm.config, { addon, addonPath: loadedAddonPath(), events, jail, memory, paused })
+        : restoreMachine(snap, vm.config, { addon, events, customDevices: vm.customDevices, mmds: vm.mmdsStore, links: vm.links, memory, paused })),
       paused,
     );
     await vm.starting;
@@ -697,6 +753,9 @@ export class MicroVM extends EventEmitter<MicroVMEvents> {
       this.onExited({ reason: 'stopped' }, false);
       // Devices the builder made early (vsock) hold nothing yet but timers; close them all the same.
       await Promise.allSettled([...this.customDevices.values()].map((d) => Promise.resolve().then(() => d.close())));
+      // A child prepared for a start that will not come: end it and remove its jail.
+      const prepared = await this.preparing?.catch(() => undefined);
+      await prepared?.abort();
       return this.exitPromise;
     }
     if (this.stateValue === 'starting') {

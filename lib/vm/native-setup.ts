@@ -6,11 +6,12 @@
  * decided here, with the boot and CPU modules; the addon only performs it.
  * @module
  */
-import { closeSync, fstatSync, openSync, readSync, statSync } from 'fs';
+import { closeSync, readSync } from 'fs';
 import * as boot from '../boot';
 import { splitRegions } from '../memory/guest-memory';
 import { MAX_MEMORY_BUFFER, type GuestLoad, type VcpuSetup, type VmSetup } from '../native/types';
 import { ConfigError } from '../config';
+import type { HostResources } from './host-resources';
 
 /** Where KVM puts the 3-page TSS and the identity-map page that VMX real mode needs (Firecracker's choice). */
 export const KVM_TSS_ADDRESS = 0xfffbd000;
@@ -30,61 +31,99 @@ export interface KernelHead {
 /** Most bytes read to find a kernel's headers. */
 const MAX_KERNEL_HEAD = 1 << 20;
 
+/** A boot image (kernel or initrd) opened for the set-up: its path (for messages) and descriptor. */
+export interface OpenedImage {
+  /** The path the configuration names. */
+  path: string;
+  /** Open for reading; owned by whoever called {@link openImages}, closed by {@link closeImages}. */
+  fd: number;
+  /** The file's size in bytes. */
+  size: number;
+}
+
+/** The kernel and initrd of a boot, opened. */
+export interface OpenedImages {
+  /** The kernel image. */
+  kernel: OpenedImage;
+  /** The initrd, when there is one. */
+  initrd?: OpenedImage;
+}
+
+/**
+ * Opens the kernel and initrd through the machine's host resources (by path in this process; in a
+ * jailed child, descriptors its parent passed), so that the addon reads them by descriptor and
+ * never needs a path.
+ * @throws ConfigError KERNEL_NOT_FOUND / INITRD_NOT_FOUND
+ */
+export function openImages(resources: Pick<HostResources, 'openImage'>, kernel: { path: string; initrd?: string }): OpenedImages {
+  const open = (path: string, code: 'KERNEL_NOT_FOUND' | 'INITRD_NOT_FOUND'): OpenedImage => {
+    try {
+      const f = resources.openImage(path);
+      return { path, fd: f.fd, size: f.size };
+    } catch (e) {
+      throw new ConfigError(code, `cannot read the ${code === 'KERNEL_NOT_FOUND' ? 'kernel' : 'initrd'} ${path}: ${(e as Error).message}`);
+    }
+  };
+  const k = open(kernel.path, 'KERNEL_NOT_FOUND');
+  if (kernel.initrd === undefined) return { kernel: k };
+  try {
+    return { kernel: k, initrd: open(kernel.initrd, 'INITRD_NOT_FOUND') };
+  } catch (e) {
+    closeImages({ kernel: k });
+    throw e;
+  }
+}
+
+/** Closes what {@link openImages} opened (idempotent per descriptor: errors are ignored). */
+export function closeImages(images: OpenedImages): void {
+  for (const f of [images.kernel, images.initrd]) {
+    if (f) try { closeSync(f.fd); } catch { /* already closed */ }
+  }
+}
+
 /**
  * Reads the start of a kernel file (4 KiB: headers only, never the image). Synchronous on purpose:
- * one small read of a file the configuration has just checked costs tens of microseconds, where
- * the promise API's four thread-pool round trips (open, stat, read, close) cost half a
- * millisecond of start latency, more when the pool is busy with other VMs' set-up.
+ * one small read costs tens of microseconds, where the promise API's thread-pool round trip costs
+ * half a millisecond of start latency, more when the pool is busy with other VMs' set-up.
  */
-export function readKernelHead(path: string): KernelHead {
-  const fd = openSync(path, 'r');
-  try {
-    const { size } = fstatSync(fd);
-    const read = (n: number): Uint8Array => {
-      const buf = Buffer.alloc(Math.min(n, size));
-      const bytesRead = readSync(fd, buf, 0, buf.length, 0);
-      return buf.subarray(0, bytesRead);
-    };
-    let head = read(boot.KERNEL_HEAD_BYTES);
-    const need = boot.kernelHeadLength(head);
-    // Program headers further on (never seen in kernels; bounded, the file size caps it anyway).
-    if (need > head.length && need <= size && need <= MAX_KERNEL_HEAD) head = read(need);
-    return { head, size };
-  } finally {
-    closeSync(fd);
-  }
+export function readKernelHead(image: OpenedImage): KernelHead {
+  const { fd, size } = image;
+  const read = (n: number): Uint8Array => {
+    const buf = Buffer.alloc(Math.min(n, size));
+    const bytesRead = readSync(fd, buf, 0, buf.length, 0);
+    return buf.subarray(0, bytesRead);
+  };
+  let head = read(boot.KERNEL_HEAD_BYTES);
+  const need = boot.kernelHeadLength(head);
+  // Program headers further on (never seen in kernels; bounded, the file size caps it anyway).
+  if (need > head.length && need <= size && need <= MAX_KERNEL_HEAD) head = read(need);
+  return { head, size };
 }
 
 /** What {@link planImages} decided: the kernel's loading and where the initrd goes. */
 export interface ImagePlan {
   /** The kernel file and its plan. */
-  kernel: { path: string; plan: boot.KernelPlan };
+  kernel: { image: OpenedImage; plan: boot.KernelPlan };
   /** The initrd file and where it goes. */
-  initrd?: { path: string; placement: boot.InitrdPlacement };
+  initrd?: { image: OpenedImage; placement: boot.InitrdPlacement };
 }
 
 /**
  * Plans the kernel's and the initrd's loading into `memSize` bytes of guest RAM from the kernel's
- * headers and the initrd's size, so that a vanished file or a bad image costs no KVM set-up.
- * @throws ConfigError KERNEL_NOT_FOUND / INITRD_NOT_FOUND; BootError for an image that does not load
+ * headers and the initrd's size, so that a bad image costs no KVM set-up.
+ * @throws ConfigError KERNEL_NOT_FOUND when the kernel cannot be read; BootError for an image that does not load
  */
-export function planImages(kernelPath: string, initrdPath: string | undefined, memSize: number): ImagePlan {
+export function planImages(images: OpenedImages, memSize: number): ImagePlan {
   let head: KernelHead;
   try {
-    head = readKernelHead(kernelPath);
+    head = readKernelHead(images.kernel);
   } catch (e) {
-    throw new ConfigError('KERNEL_NOT_FOUND', `cannot read the kernel ${kernelPath}: ${(e as Error).message}`);
+    throw new ConfigError('KERNEL_NOT_FOUND', `cannot read the kernel ${images.kernel.path}: ${(e as Error).message}`);
   }
   const plan = boot.planKernel(head.head, head.size, memSize);
-  if (initrdPath === undefined) return { kernel: { path: kernelPath, plan } };
-  let size: number;
-  try {
-    size = statSync(initrdPath).size;
-  } catch (e) {
-    throw new ConfigError('INITRD_NOT_FOUND', `cannot read the initrd ${initrdPath}: ${(e as Error).message}`);
-  }
-  const placement = boot.placeInitrd(size, plan.kernel.kernelEnd, boot.lowMemoryEnd(memSize), plan.kernel.initrdAddrMax);
-  return { kernel: { path: kernelPath, plan }, initrd: { path: initrdPath, placement } };
+  if (images.initrd === undefined) return { kernel: { image: images.kernel, plan } };
+  const placement = boot.placeInitrd(images.initrd.size, plan.kernel.kernelEnd, boot.lowMemoryEnd(memSize), plan.kernel.initrdAddrMax);
+  return { kernel: { image: images.kernel, plan }, initrd: { image: images.initrd, placement } };
 }
 
 /** One region of guest RAM: its slot, which buffer backs it and where, and its place in a memory file. */
@@ -147,9 +186,10 @@ function baseSetup(): Pick<VmSetup, 'tssAddr' | 'identityMapAddr' | 'irqchip' | 
  * {@link boot.bootMemoryImage}), and the vCPUs as given.
  */
 export function bootVmSetup(ram: RamLayout, images: ImagePlan, writes: boot.GuestBytes[], vcpus: VcpuSetup[]): VmSetup {
-  const loads: GuestLoad[] = images.kernel.plan.loads.map((l) => ({ path: images.kernel.path, ...l }));
-  if (images.initrd) {
-    loads.push({ path: images.initrd.path, fileOffset: 0, length: images.initrd.placement.size, guestAddr: images.initrd.placement.addr });
+  const { kernel, initrd } = images;
+  const loads: GuestLoad[] = kernel.plan.loads.map((l) => ({ fd: kernel.image.fd, name: kernel.image.path, ...l }));
+  if (initrd) {
+    loads.push({ fd: initrd.image.fd, name: initrd.image.path, fileOffset: 0, length: initrd.placement.size, guestAddr: initrd.placement.addr });
   }
   return {
     ...baseSetup(),

@@ -8,12 +8,16 @@ import type { NativeAddon } from '../native/types';
 
 /** A {@link NetHost} backed by the addon (errors are NativeErrors with the ioctl and errno). */
 export class NativeNetHost implements NetHost {
-  /** @param addon the loaded addon (`loadNative()`) */
-  constructor(private readonly addon: NativeAddon) {}
+  /**
+   * @param addon the loaded addon (`loadNative()`)
+   * @param taps where TAPs come from: the machine's host resources (in a jailed child, descriptors
+   *   its parent opened in the jail's network namespace); by default opened here by name
+   */
+  constructor(private readonly addon: NativeAddon, private readonly taps: { openTap(name: string): TapInfo } = addon) {}
 
   /** See {@link NetHost.openTap}. */
   openTap(name: string): TapInfo {
-    return this.addon.openTap(name);
+    return this.taps.openTap(name);
   }
 
   /** See {@link NetHost.setTapOffload}. */

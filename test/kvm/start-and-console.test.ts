@@ -144,15 +144,18 @@ describeKvm('NativeKvm.createVmAsync', () => {
     const kvm = addon.openKvm();
     const fds0 = openFds();
     const threads0 = threads();
-    await expect(kvm.createVmAsync(base({ loads: [{ path: path.join(tmp, 'missing'), fileOffset: 0, length: 16, guestAddr: 0x100000 }] })))
-      .rejects.toMatchObject({ name: 'NativeError', code: 'ENOENT', ioctl: 'open' });
+    // The addon reads by descriptor only (the caller opened the file): a descriptor that is not open.
+    await expect(kvm.createVmAsync(base({ loads: [{ fd: 999_999, name: 'nothing', fileOffset: 0, length: 16, guestAddr: 0x100000 }] })))
+      .rejects.toMatchObject({ name: 'NativeError', code: 'EBADF', ioctl: 'pread' });
     // Two slots over the same guest addresses: KVM refuses the second.
     await expect(kvm.createVmAsync(base({ slots: [{ slot: 0, guestAddr: 0, buffer: 0, offset: 0, size: 2 << 20 }, { slot: 1, guestAddr: 0, buffer: 0, offset: 2 << 20, size: 2 << 20 }] })))
       .rejects.toMatchObject({ name: 'NativeError', code: 'EEXIST', ioctl: 'KVM_SET_USER_MEMORY_REGION' });
     const short = path.join(tmp, 'short');
     fs.writeFileSync(short, Buffer.alloc(8));
-    await expect(kvm.createVmAsync(base({ loads: [{ path: short, fileOffset: 0, length: 16, guestAddr: 0x100000 }] })))
-      .rejects.toMatchObject({ name: 'NativeError', ioctl: 'pread' });
+    const shortFd = fs.openSync(short, 'r');
+    await expect(kvm.createVmAsync(base({ loads: [{ fd: shortFd, name: short, fileOffset: 0, length: 16, guestAddr: 0x100000 }] })))
+      .rejects.toMatchObject({ name: 'NativeError', ioctl: 'pread', message: expect.stringContaining(short) });
+    fs.closeSync(shortFd);
     expect(openFds()).toBe(fds0);
     expect(threads()).toBeLessThanOrEqual(threads0 + 4);
     kvm.close();
@@ -164,8 +167,8 @@ describeKvm('NativeKvm.createVmAsync', () => {
     expect(() => kvm.createVmAsync(base({ slots: [{ slot: 0, guestAddr: 0, buffer: 1, offset: 0, size: 4096 }] }))).toThrow(/slot lies outside/);
     expect(() => kvm.createVmAsync(base({ memory: [(4 << 20) + 1] }))).toThrow(/multiple of 4096/);
     expect(() => kvm.createVmAsync(base({ memory: [2 ** 32 + 4096] }))).toThrow(/4 GiB/);
-    expect(() => kvm.createVmAsync(base({ loads: [{ path: '/dev/null', fileOffset: 0, length: 16, guestAddr: 4 << 20 }] }))).toThrow(/inside one memory slot/);
-    expect(() => kvm.createVmAsync(base({ loads: [{ path: '/dev/null', fileOffset: 0, length: 16, guestAddr: (4 << 20) - 8 }] }))).toThrow(/inside one memory slot/);
+    expect(() => kvm.createVmAsync(base({ loads: [{ fd: 0, name: '/dev/null', fileOffset: 0, length: 16, guestAddr: 4 << 20 }] }))).toThrow(/inside one memory slot/);
+    expect(() => kvm.createVmAsync(base({ loads: [{ fd: 0, name: '/dev/null', fileOffset: 0, length: 16, guestAddr: (4 << 20) - 8 }] }))).toThrow(/inside one memory slot/);
     expect(() => kvm.createVmAsync(base({ writes: [{ guestAddr: (4 << 20) - 2, bytes: new Uint8Array(4) }] }))).toThrow(/inside one memory slot/);
     expect(() => kvm.createVmAsync(base({ vcpus: [{ id: 0, cpuid: new Uint32Array(6) }] }))).toThrow(/7 words per entry/);
     kvm.close();
@@ -175,13 +178,15 @@ describeKvm('NativeKvm.createVmAsync', () => {
     const kvm = addon.openKvm();
     const file = path.join(tmp, 'image');
     fs.writeFileSync(file, Buffer.from(Array.from({ length: 64 }, (_, i) => i + 1)));
+    const imageFd = fs.openSync(file, 'r');
     const made = await kvm.createVmAsync(base({
       memory: [4 << 20, 1 << 20],
       slots: [{ slot: 0, guestAddr: 0, buffer: 0, offset: 0, size: 4 << 20 }, { slot: 1, guestAddr: 1 << 30, buffer: 1, offset: 0, size: 1 << 20 }],
-      loads: [{ path: file, fileOffset: 8, length: 16, guestAddr: 0x100000, zeroFill: 8 }, { path: file, fileOffset: 0, length: 4, guestAddr: (1 << 30) + 16 }],
+      loads: [{ fd: imageFd, name: file, fileOffset: 8, length: 16, guestAddr: 0x100000, zeroFill: 8 }, { fd: imageFd, name: file, fileOffset: 0, length: 4, guestAddr: (1 << 30) + 16 }],
       writes: [{ guestAddr: 0x7000, bytes: Uint8Array.from([0xaa, 0xbb]) }, { guestAddr: (1 << 30) + 32, bytes: Uint8Array.from([7]) }],
       vcpus: [{ id: 0, regs: { rax: 0n, rbx: 0n, rcx: 0n, rdx: 0n, rsi: 0x7000n, rdi: 0n, rsp: 0n, rbp: 0n, r8: 0n, r9: 0n, r10: 0n, r11: 0n, r12: 0n, r13: 0n, r14: 0n, r15: 0n, rip: 0x100000n, rflags: 2n }, sregs: { cr3: 0x9000n }, fpu: { fcw: 0x37f, mxcsr: 0x1f80 } }, { id: 1 }],
     }));
+    fs.closeSync(imageFd);
     expect(made.memory.map((m) => m.byteLength)).toEqual([4 << 20, 1 << 20]);
     const mem = new Uint8Array(made.memory[0]);
     expect([...mem.subarray(0x100000, 0x100000 + 24)]).toEqual([...Array.from({ length: 16 }, (_, i) => i + 9), 0, 0, 0, 0, 0, 0, 0, 0]);

@@ -238,6 +238,7 @@ describe('compiled programs in the kernel', () => {
       ['arena shrink (strict overcommit)', [s.mmap, 0x1000, 0x1000, 0, 0x32, -1, 0]],
       ['arena growth', [s.mprotect, 0x1000, 0x21000, 3]],
       ['munmap', [s.munmap, 0x1000, 0x1000]],
+      ['sched_getaffinity (glibc sizing its arena limit)', [s.sched_getaffinity, 0, 0x1000, 0]],
       ['brk', [s.brk, 0]],
       ['MADV_DONTNEED', [s.madvise, 0x1000, 0x1000, 4]],
       ['rt_sigprocmask', [s.rt_sigprocmask, 0, 0, 0, 8]],

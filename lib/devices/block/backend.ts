@@ -6,6 +6,7 @@
  */
 
 import * as fs from 'fs';
+import type { HostFiles } from '../host-files';
 import { BlockError } from './errors';
 
 /** What a block device reads from and writes to. Offsets and sizes are in bytes. */
@@ -109,6 +110,20 @@ export class FileBackend implements BlockBackend {
       await new Promise<void>((resolve) => fs.close(fd, () => resolve()));
       if (e instanceof BlockError) throw e;
       throw new BlockError('OPEN_FAILED', `cannot size ${path}: ${(e as Error).message}`, { cause: e });
+    }
+  }
+
+  /**
+   * Opens `path` through `files` (the machine's host files: in a jailed child, a descriptor the
+   * parent passed in) and takes the size the host measured.
+   * @throws BlockError OPEN_FAILED when it cannot be opened
+   */
+  static async openWith(files: HostFiles, path: string, readOnly: boolean): Promise<FileBackend> {
+    try {
+      const file = await files.openFile(path, readOnly ? 'read' : 'readWrite');
+      return new FileBackend(path, file.fd, file.size, readOnly);
+    } catch (e) {
+      throw new BlockError('OPEN_FAILED', `cannot open ${path}: ${(e as Error).message}`, { cause: e });
     }
   }
 

@@ -10,6 +10,7 @@ import {
 import type { RateLimiterConfig } from '../../ratelimit';
 import { RateLimiter } from '../../ratelimit';
 import type { DeviceKind } from '../contract';
+import type { HostFiles } from '../host-files';
 import { FileBackend } from './backend';
 import { BlockDevice, type CacheType } from './device';
 import { VIRTIO_BLK_ID_BYTES } from './constants';
@@ -141,11 +142,22 @@ export function checkDriveUpdate(id: string, update: unknown): DriveUpdate {
   return out;
 }
 
+/** What a drive needs from the machine: how to open its backing file. */
+export interface BlockHost {
+  /** The machine's host files; without them the file is opened here by path. */
+  files?: HostFiles;
+}
+
+/** Opens a drive's backing file through the machine's host files when there are any. */
+function openBackend(host: BlockHost | undefined, path: string, readOnly: boolean): Promise<FileBackend> {
+  return host?.files ? FileBackend.openWith(host.files, path, readOnly) : FileBackend.open(path, readOnly);
+}
+
 /** The virtio-blk device kind: builds a drive from its configuration and applies updates. */
-export const blockDeviceKind: DeviceKind<DriveConfig, BlockDevice, unknown, DriveUpdate> = {
+export const blockDeviceKind: DeviceKind<DriveConfig, BlockDevice, BlockHost | undefined, DriveUpdate> = {
   kind: 'virtio-blk',
-  async create(config) {
-    const backend = await FileBackend.open(config.path, config.readOnly);
+  async create(config, host) {
+    const backend = await openBackend(host, config.path, config.readOnly);
     try {
       // The device points the limiter's onUnblocked at its own queue and owns it from here.
       const rateLimiter = config.rateLimiter ? new RateLimiter(config.rateLimiter) : undefined;
@@ -155,9 +167,9 @@ export const blockDeviceKind: DeviceKind<DriveConfig, BlockDevice, unknown, Driv
       throw e;
     }
   },
-  async update(device, config, update) {
+  async update(device, config, update, host) {
     if (update.path !== undefined) {
-      const backend = await FileBackend.open(update.path, config.readOnly);
+      const backend = await openBackend(host, update.path, config.readOnly);
       device.updateBackend(backend);
       config.path = update.path;
     }

@@ -25,7 +25,7 @@ export interface NetDeviceOptions {
 }
 
 /** errno names of a failed TAP open, mapped to what the user can do about them. */
-function tapError(name: string, e: unknown): ConfigError {
+export function tapError(name: string, e: unknown): ConfigError {
   const code = (e as { code?: unknown } | null)?.code;
   const why = e instanceof Error ? e.message : String(e);
   if (code === 'ENODEV' || code === 'ENXIO' || code === 'ENOENT') {
