@@ -107,6 +107,10 @@ fi
 mount -t proc proc /host/proc; mount -t sysfs sys /host/sys; mount -t devtmpfs dev /host/dev
 mkdir -p /host/dev/pts /host/dev/shm
 mount -t devpts devpts /host/dev/pts; mount -t tmpfs shm /host/dev/shm
+# cgroup v2 with the controllers a jail limits (as a systemd host has them): jailed-mode tests.
+if mount -t cgroup2 cgroup2 /host/sys/fs/cgroup 2>/dev/null; then
+  for c in cpu memory pids; do echo "+$c" > /host/sys/fs/cgroup/cgroup.subtree_control 2>/dev/null; done
+fi
 [ -c /host/dev/kvm ] || echo "kvm-in-qemu(guest): no /dev/kvm: $(dmesg | grep -i -E 'kvm|svm' | tail -3)" >/dev/ttyS2
 echo "$(cut -d' ' -f1 /proc/uptime)" > /host$JOB/ready
 [ -e /host$JOB/hosttmp ] || mount -t tmpfs tmp /host/tmp

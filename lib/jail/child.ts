@@ -20,12 +20,17 @@ import type { VmConfig } from '../vm/config';
 import { kindlingVersion, type SnapshotState } from '../snapshot/format';
 import type { LoadedSnapshot } from '../snapshot';
 import { processSeccompFilter } from '../seccomp/process';
+import type { VirtioDevice } from '../virtio/device';
+import { createVsockDevice } from '../devices/vsock/device';
+import { vsockDeviceKind, type VsockSpec } from '../devices/vsock/kind';
+import { createVsockHost } from '../vm/vsock-host';
+import { ChildVsockBridge } from './vsock-bridge';
 import { CONTROL_FD, FD_CHANNEL_FD, SCRATCH_DIR } from './launch';
 import { FrameReader, MAX_PARENT_FRAME, encodeFrame, toWireError, wireExitInfo } from './protocol';
 
 /** What one passed descriptor is (as the parent described it). */
 interface PassedMeta {
-  kind: 'kvm' | 'file' | 'memory' | 'tap';
+  kind: 'kvm' | 'file' | 'memory' | 'tap' | 'vsock';
   /** The file's path, or the TAP's name. */
   path: string;
   access: HostFileAccess;
@@ -132,7 +137,11 @@ export function runChild(): void {
   if (process.env.KINDLING_JAIL_SECCOMP !== '0') addon.installProcessSeccomp(processSeccompFilter());
   const resources = new PassedResources(addon, FD_CHANNEL_FD);
   let machine: MachineHandle | undefined;
+  let vsock: ChildVsockBridge | undefined;
   let ending = false;
+  const closeFd = (fd: number) => {
+    try { addon.closeFd(fd); } catch { /* already closed */ }
+  };
   const send = (m: object, bytes?: Uint8Array) => {
     if (!control.destroyed) control.write(encodeFrame(m, bytes));
   };
@@ -159,13 +168,23 @@ export function runChild(): void {
     try {
       resources.receive(m.files as number);
       const config = m.config as VmConfig;
+      // The vsock device is built here, before the machine, so that the parent's listeners are in
+      // place when the guest first runs.
+      const customDevices = new Map<string, VirtioDevice>();
+      const vsockSpec = config.devices.find((d) => d.kind === vsockDeviceKind.kind);
+      if (vsockSpec) {
+        const device = createVsockDevice(vsockSpec.config as VsockSpec, createVsockHost());
+        customDevices.set(vsockSpec.id, device);
+        vsock = new ChildVsockBridge(device, (conn, port) => send({ t: 'vsockIncoming', conn, port }));
+        for (const port of Array.isArray(m.vsockPorts) ? m.vsockPorts : []) vsock.listen(Number(port), true);
+      }
       if (m.t === 'start') {
-        machine = await startMachine(config, { addon, events, resources });
+        machine = await startMachine(config, { addon, events, resources, customDevices });
       } else {
         const memory = resources.take('memory', 'read', String(m.memoryPath));
         const snap: LoadedSnapshot = { dir: String(m.dir), state: m.state as SnapshotState, memoryPath: memory.meta.path, memoryFd: memory.fd };
         try {
-          machine = await restoreMachine(snap, config, { addon, events, resources, memory: m.memory as 'map' | 'copy', paused: m.paused === true });
+          machine = await restoreMachine(snap, config, { addon, events, resources, customDevices, memory: m.memory as 'map' | 'copy', paused: m.paused === true });
         } finally {
           addon.closeFd(memory.fd);
         }
@@ -196,6 +215,17 @@ export function runChild(): void {
         case 'snapshot': value = await machine.snapshot(`/${SCRATCH_DIR}`, { type: m.type === 'diff' ? 'diff' : 'full' }); break;
         case 'stop': value = wireExitInfo(await machine.stop()); break;
         case 'testAttempt': value = testAttempt(addon, String(m.what)); break;
+        case 'vsockConnect': {
+          if (!vsock) throw new Error('this VM has no vsock device');
+          const { fd } = resources.take('vsock', 'readWrite', 'connect');
+          value = await vsock.connect(Number(m.port), Number(m.timeoutMs), fd, closeFd);
+          break;
+        }
+        case 'vsockListen':
+        case 'vsockUnlisten':
+          if (!vsock) throw new Error('this VM has no vsock device');
+          vsock.listen(Number(m.port), m.op === 'vsockListen');
+          break;
         default: throw new Error(`unknown call ${String(m.op)}`);
       }
       send(value === undefined ? { t: 'reply', id } : { t: 'reply', id, value });
@@ -206,10 +236,27 @@ export function runChild(): void {
     }
   };
 
+  const attach = (m: Record<string, unknown>) => {
+    const conn = Number(m.conn);
+    if (typeof m.files !== 'number') {
+      vsock?.attach(conn, null, closeFd);
+      return;
+    }
+    try {
+      resources.receive(m.files);
+      const { fd } = resources.take('vsock', 'readWrite', `in:${conn}`);
+      if (vsock) vsock.attach(conn, fd, closeFd);
+      else closeFd(fd);
+    } catch {
+      vsock?.attach(conn, null, closeFd);
+    }
+  };
+
   const reader = new FrameReader(MAX_PARENT_FRAME, (json, bytes) => {
     const m = json as Record<string, unknown>;
     if (m.t === 'start' || m.t === 'restore') void begin(m);
     else if (m.t === 'call') void call(m, bytes);
+    else if (m.t === 'vsockAttach') attach(m);
   }, () => {
     // The parent is not speaking the protocol: nothing sensible can follow.
     process.exit(2);

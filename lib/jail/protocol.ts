@@ -7,10 +7,12 @@
  * (SOCK_SEQPACKET, SCM_RIGHTS) as numbered batches that control messages refer to by number; a
  * batch is always sent before the message that names it.
  *
- * Parent → child: `start`, `restore`, `call` (a MachineHandle method, answered by a `reply` with the
- * same id). Child → parent: `ready` (the child has loaded everything and installed its seccomp
- * filter), `started`/`failed`, `reply`, and the machine's events `serial`, `space`, `bootDone`,
- * `exited`.
+ * Parent → child: `start`, `restore`, `call` (a MachineHandle method or a vsock operation,
+ * answered by a `reply` with the same id), `vsockAttach` (the parent's answer to `vsockIncoming`).
+ * Child → parent: `ready` (the child has loaded everything and installed its seccomp filter),
+ * `started`/`failed`, `reply`, the machine's events `serial`, `space`, `bootDone`, `exited`, and
+ * `vsockIncoming`. vsock connections do not cross this socket: each is a socket pair of its own
+ * whose child end travels as a descriptor (see vsock-bridge.ts).
  *
  * Everything the child sends is untrusted: frames are bounded ({@link MAX_CHILD_FRAME}), every
  * message is checked against its type here before the parent acts on it, and a violation ends
@@ -33,7 +35,8 @@ export const MAX_CHILD_NODES = 20000;
 const HEADER = 8;
 
 /** The MachineHandle methods a `call` can name. */
-export type CallOp = 'serialInput' | 'sendCtrlAltDel' | 'updateDevice' | 'deviceStats' | 'metrics' | 'pause' | 'resume' | 'snapshot' | 'stop' | 'testAttempt';
+export type CallOp = 'serialInput' | 'sendCtrlAltDel' | 'updateDevice' | 'deviceStats' | 'metrics' | 'pause' | 'resume' | 'snapshot' | 'stop' | 'testAttempt'
+  | 'vsockConnect' | 'vsockListen' | 'vsockUnlisten';
 
 /** What an error looks like on the wire. */
 export interface WireError {
@@ -67,7 +70,9 @@ export type ChildMessage =
   | { t: 'serial'; bytes: Buffer }
   | { t: 'space' }
   | { t: 'bootDone'; info: { elapsedUs: number; count: number } }
-  | { t: 'exited'; info: ExitInfo; metrics?: unknown };
+  | { t: 'exited'; info: ExitInfo; metrics?: unknown }
+  /** A guest connected to a host port the parent listens on; `conn` names it in `vsockAttach`. */
+  | { t: 'vsockIncoming'; conn: number; port: number };
 
 /** Encodes one frame. */
 export function encodeFrame(message: object, bytes?: Uint8Array): Buffer {
@@ -286,6 +291,8 @@ export function checkChildMessage(json: unknown, bytes: Buffer): ChildMessage {
     }
     case 'exited':
       return { t: 'exited', info: checkExitInfo(o.info), ...(o.metrics !== undefined ? { metrics: boundedJson(o.metrics, 'final metrics') } : {}) };
+    case 'vsockIncoming':
+      return { t: 'vsockIncoming', conn: int(o.conn, 'vsockIncoming conn', 0, Number.MAX_SAFE_INTEGER), port: int(o.port, 'vsockIncoming port', 0, 0xffffffff) };
     default:
       return violation(`unknown message type ${typeof o.t === 'string' ? JSON.stringify(o.t.slice(0, 32)) : typeof o.t}`);
   }

@@ -22,7 +22,9 @@ import { DeviceError } from '../devices/contract';
 import { BlockError } from '../devices/block/errors';
 import { tapError } from '../devices/net/factory';
 import { netDeviceKind, type NicSpec } from '../devices/net/kind';
-import { vsockDeviceKind } from '../devices/vsock/kind';
+import { vsockDeviceKind, type VsockSpec } from '../devices/vsock/kind';
+import { VsockError } from '../devices/vsock/errors';
+import type { RemoteVsock, VsockBridgeHandle } from './vsock-bridge';
 import type { NativeAddon } from '../native/types';
 import { NativeError } from '../native/errors';
 import { SnapshotError } from '../snapshot/errors';
@@ -73,6 +75,8 @@ export interface JailedStartOptions extends JailLaunchOptions {
    * built now.
    */
   prepared?: RemoteMachineHandle;
+  /** The parent's side of the VM's vsock device, when it has one. */
+  vsock?: RemoteVsock;
 }
 
 /** Where a jailed VM is, for operators and tests. */
@@ -90,7 +94,7 @@ export type JailChild = Pick<JailProcess, 'control' | 'ended' | 'pid' | 'root' |
 
 /** One descriptor for the child and what it is. */
 interface PassedResource {
-  meta: { kind: 'kvm' | 'file' | 'memory' | 'tap'; path: string; access: 'read' | 'readWrite'; size: number; blockDevice: boolean; offloads?: number };
+  meta: { kind: 'kvm' | 'file' | 'memory' | 'tap' | 'vsock'; path: string; access: 'read' | 'readWrite'; size: number; blockDevice: boolean; offloads?: number };
   fd: number;
 }
 
@@ -109,7 +113,7 @@ export async function startJailedMachine(config: VmConfig, opts: JailedStartOpti
     await opts.prepared?.abort();
     throw e;
   }
-  return launchAndSend(config, opts, resources, (files) => ({ t: 'start', config: childConfig(config), files }));
+  return launchAndSend(config, opts, resources, (files) => ({ t: 'start', config: childConfig(config), files, vsockPorts: opts.vsock?.ports() ?? [] }));
 }
 
 /**
@@ -148,6 +152,7 @@ export async function restoreJailedMachine(
   }
   const handle = await launchAndSend(config, opts, resources, (files) => ({
     t: 'restore', config: childConfig(config), state: snap.state, dir: snap.dir, memoryPath: snap.memoryPath, memory: opts.memory, paused: opts.paused, files,
+    vsockPorts: opts.vsock?.ports() ?? [],
   }));
   return handle;
 }
@@ -175,6 +180,7 @@ async function launchAndSend(
     handle = new RemoteMachineHandle(jp, undefined, opts);
   }
   handle.attach(config, opts.events);
+  handle.attachVsock(opts.vsock);
   try {
     await handle.ready();
     const files = handle.sendBatch(resources);
@@ -190,14 +196,16 @@ async function launchAndSend(
 
 /**
  * Refuses what a jailed child cannot serve: parts of the machine that are objects of this
- * process (devices of your own, in-process links, the vsock device with its listeners and host
- * sockets, the metadata store) cannot cross into the child.
+ * process (devices of your own, in-process links, the metadata store) cannot cross into the
+ * child, and vsock's Unix socket interface (udsPath) is not bridged.
  * @throws ConfigError INVALID_JAIL naming the first such part
  */
 export function checkJailable(config: VmConfig): void {
   for (const d of config.devices) {
     if (d.kind === 'custom') throw new ConfigError('INVALID_JAIL', 'devices of your own (vm.device()) cannot run in a jailed child');
-    if (d.kind === vsockDeviceKind.kind) throw new ConfigError('INVALID_JAIL', 'vsock cannot run in a jailed child yet (its connections and listeners live in this process)');
+    if (d.kind === vsockDeviceKind.kind && (d.config as VsockSpec).udsPath !== undefined) {
+      throw new ConfigError('INVALID_JAIL', 'vsock udsPath cannot be served from a jailed child yet (use vsockConnect/vsockListen/invoke)');
+    }
     if (d.kind === netDeviceKind.kind) {
       if (typeof (d.config as NicSpec).tap !== 'string') throw new ConfigError('INVALID_JAIL', `NIC ${d.id}: only TAP backends can run in a jailed child (a link is an object of this process)`);
     }
@@ -283,8 +291,10 @@ interface Pending {
 }
 
 /** See the module comment. Made by {@link startJailedMachine} / {@link restoreJailedMachine}. */
-export class RemoteMachineHandle implements MachineHandle {
+export class RemoteMachineHandle implements MachineHandle, VsockBridgeHandle {
   cmdline = '';
+  /** The parent's side of the VM's vsock device, when it has one. */
+  private vsock: RemoteVsock | undefined;
   private readonly calls = new Map<number, Pending>();
   private nextId = 1;
   private nextBatch = 1;
@@ -439,6 +449,11 @@ export class RemoteMachineHandle implements MachineHandle {
       case 'bootDone':
         if (this.started) this.events.bootDone?.({ elapsedNs: BigInt(m.info.elapsedUs) * 1000n, elapsedUs: m.info.elapsedUs, count: m.info.count });
         return;
+      case 'vsockIncoming':
+        // The guest may connect while the child is still reporting its start.
+        if (!this.started && !this.beginWaiter) return this.violation('a vsock connection before the VM started');
+        this.vsockIncoming(m.conn, m.port);
+        return;
       case 'exited':
         if (!this.started) return this.violation('exited before the VM started');
         this.exitInfo ??= m.info;
@@ -568,6 +583,55 @@ export class RemoteMachineHandle implements MachineHandle {
     // The child's copy of the configuration changed; keep this one (what a snapshot records) alike.
     if (drive && typeof u.path === 'string') drive.path = u.path;
     if (drive && u.rateLimiter !== undefined) drive.rateLimiter = u.rateLimiter as typeof drive.rateLimiter;
+  }
+
+  /** @internal Connects the VM's vsock listeners and connects to this machine. */
+  attachVsock(vsock: RemoteVsock | undefined): void {
+    this.vsock = vsock;
+    vsock?.attach(this);
+  }
+
+  /** A socket pair whose second end is passed into the child as batch `files`; returns [ours, files]. */
+  private vsockPair(name: string): [number, number] {
+    const [ours, theirs] = this.opts.addon.socketPair('stream');
+    try {
+      return [ours, this.sendBatch([{ meta: { kind: 'vsock', path: name, access: 'readWrite', size: 0, blockDevice: false }, fd: theirs }])];
+    } catch (e) {
+      this.opts.addon.closeFd(ours);
+      throw e;
+    } finally {
+      this.opts.addon.closeFd(theirs);
+    }
+  }
+
+  async vsockConnect(port: number, timeoutMs: number): Promise<number> {
+    if (this.finishing) throw new VsockError('CLOSED', 'the VM has ended');
+    const [ours, files] = this.vsockPair('connect');
+    try {
+      const callMs = this.opts.timeouts?.call ?? CALL_TIMEOUT_MS;
+      await this.call('vsockConnect', { port, timeoutMs }, { files, timeoutMs: timeoutMs + callMs });
+      return ours;
+    } catch (e) {
+      this.opts.addon.closeFd(ours);
+      throw e;
+    }
+  }
+
+  async vsockListen(port: number, listen: boolean): Promise<void> {
+    if (this.finishing) return;
+    await this.call(listen ? 'vsockListen' : 'vsockUnlisten', { port });
+  }
+
+  /** The child reports a guest connection: pass it a pair's end for a listener, or refuse it. */
+  private vsockIncoming(conn: number, port: number): void {
+    const take = this.vsock?.acceptor(port) ?? null;
+    if (!take) {
+      this.send({ t: 'vsockAttach', conn });
+      return;
+    }
+    const [ours, files] = this.vsockPair(`in:${conn}`);
+    this.send({ t: 'vsockAttach', conn, files });
+    take(ours);
   }
 
   async deviceStats(id: string): Promise<unknown> {
@@ -757,6 +821,7 @@ export function fromWireError(w: WireError): Error {
     case 'SnapshotError':
       return new SnapshotError(code as SnapshotError['code'], w.message, { field: w.field, expected: w.expected, actual: w.actual });
     case 'JailError': return new JailError(code as JailError['code'], w.message);
+    case 'VsockError': return new VsockError(code as VsockError['code'], w.message);
     default: return new JailError('CHILD_ERROR', `${w.name}: ${w.message}`);
   }
 }

@@ -34,8 +34,12 @@ import { restoredConfig } from './restore-config';
 import { MAX_VIRTIO_DEVICES, announcement, virtioPlacement } from './device-manager';
 import { SerialStream } from './serial-stream';
 import { checkJailOptions, type JailConfig, type JailOptions } from '../jail/config';
+import { RemoteVsock } from '../jail/vsock-bridge';
 import { RemoteMachineHandle, checkJailable, prepareJail, restoreJailedMachine, startJailedMachine, type JailInfo } from '../jail/remote-machine';
 import type { VmMetrics } from './metrics';
+
+/** What the façade uses of a vsock device: the device itself, or a jailed VM's {@link RemoteVsock}. */
+type VsockEndpoint = Pick<RemoteVsock, 'connect' | 'listen'>;
 
 /** Ids of the devices every VM has (or may have) besides those the user names. */
 const RESERVED_IDS = ['serial', 'i8042', 'mmds', 'boot-timer'];
@@ -157,6 +161,8 @@ export class MicroVM extends EventEmitter<MicroVMEvents> {
   /** Link objects of NICs on in-process links, by NIC id. */
   private readonly links = new Map<string, FrameSwitch | Duplex>();
   private mmdsStore: MmdsStore | undefined;
+  /** A jailed VM's vsock: the parent's side of the device in the child. */
+  private remoteVsock: RemoteVsock | undefined;
   private invoker: Invoker | undefined;
   private stateValue: VmState = 'configuring';
   private handle: MachineHandle | undefined;
@@ -372,22 +378,27 @@ export class MicroVM extends EventEmitter<MicroVMEvents> {
    * guest ports through that Unix socket as with Firecracker (`CONNECT <port>\n`), and guest
    * connections to host port P go to `<udsPath>_<P>`. Listeners (`vsockListen`) may be added
    * before `start()`.
-   * @throws ConfigError INVALID_VSOCK / DUPLICATE_ID / UNKNOWN_OPTION / TOO_MANY_DEVICES; INVALID_JAIL for a jailed VM
+   * @throws ConfigError INVALID_VSOCK / DUPLICATE_ID / UNKNOWN_OPTION / TOO_MANY_DEVICES; INVALID_JAIL for
+   *   `udsPath` on a jailed VM (its connect/listen/invoke work jailed)
    */
   vsock(options: VsockOptions): this {
     this.configurable();
-    if (this.jailConfig) throw new ConfigError('INVALID_JAIL', 'vsock() cannot run in a jailed child yet (its connections and listeners live in this process)');
     const config = checkVsockOptions(options);
     this.checkDeviceId(VSOCK_ID);
     const spec = { kind: vsockDeviceKind.kind, id: VSOCK_ID, config: { ...config, id: VSOCK_ID } };
     this.checkCmdlineFits({ ...this.config, devices: [...this.config.devices, spec] });
+    if (this.jailConfig && config.udsPath !== undefined) {
+      throw new ConfigError('INVALID_JAIL', 'vsock udsPath cannot be served from a jailed child yet (use vsockConnect/vsockListen/invoke)');
+    }
     this.config.devices.push(spec);
-    this.customDevices.set(VSOCK_ID, createVsockDevice(spec.config, createVsockHost()));
+    if (this.jailConfig) this.remoteVsock = new RemoteVsock();
+    else this.customDevices.set(VSOCK_ID, createVsockDevice(spec.config, createVsockHost()));
     return this;
   }
 
-  private vsockDevice(): VsockDevice {
-    const d = this.customDevices.get(VSOCK_ID) as VsockDevice | undefined;
+  /** The vsock device, or (jailed) the parent's side of the one in the child. */
+  private vsockDevice(): VsockEndpoint {
+    const d = this.remoteVsock ?? this.customDevices.get(VSOCK_ID) as VsockDevice | undefined;
     if (!d) throw new ConfigError('DEVICE_NOT_FOUND', 'this VM has no vsock device: call vsock() before start()');
     return d;
   }
@@ -598,7 +609,7 @@ export class MicroVM extends EventEmitter<MicroVMEvents> {
       if (launch) this.handle = await launch(events, addon);
       else if (this.jailConfig) {
         const prepared = this.preparing ? await this.preparing : undefined;
-        this.handle = await startJailedMachine(this.config, { addon, addonPath: loadedAddonPath(), events, jail: this.jailConfig, prepared });
+        this.handle = await startJailedMachine(this.config, { addon, addonPath: loadedAddonPath(), events, jail: this.jailConfig, prepared, vsock: this.remoteVsock });
       }
       else this.handle = await startMachine(this.config, { addon, customDevices: this.customDevices, events, mmds: this.mmdsStore, links: this.links });
     } catch (e) {
@@ -671,7 +682,8 @@ export class MicroVM extends EventEmitter<MicroVMEvents> {
    */
   private rebuildServices(): void {
     const vsock = this.config.devices.find((d) => d.kind === vsockDeviceKind.kind);
-    if (vsock) this.customDevices.set(vsock.id, createVsockDevice(checkVsockOptions(withoutId(vsock.config)), createVsockHost()));
+    if (vsock && this.jailConfig) this.remoteVsock = new RemoteVsock();
+    else if (vsock) this.customDevices.set(vsock.id, createVsockDevice(checkVsockOptions(withoutId(vsock.config)), createVsockHost()));
     if (this.config.mmds) {
       const nics = this.config.devices.filter((d) => d.kind === netDeviceKind.kind).map((d) => d.id);
       this.mmdsStore = new MmdsStore(checkMmdsOptions(this.config.mmds, nics));
@@ -713,7 +725,7 @@ export class MicroVM extends EventEmitter<MicroVMEvents> {
     const jail = vm.jailConfig;
     vm.starting = vm.doStart(
       (events, addon) => (jail
-        ? restoreJailedMachine(snap, vm.config, { addon, addonPath: loadedAddonPath(), events, jail, memory, paused })
+        ? restoreJailedMachine(snap, vm.config, { addon, addonPath: loadedAddonPath(), events, jail, memory, paused, vsock: vm.remoteVsock })
         : restoreMachine(snap, vm.config, { addon, events, customDevices: vm.customDevices, mmds: vm.mmdsStore, links: vm.links, memory, paused })),
       paused,
     );

@@ -19,6 +19,7 @@ import type { ChildEnd } from '../../lib/jail/launch';
 import { initialConfig } from '../../lib/vm/config';
 import type { ExitInfo } from '../../lib/vm/exit-dispatch';
 import type { MachineEvents } from '../../lib/vm/machine';
+import { MAX_BRIDGED_CONNECTIONS, RemoteVsock } from '../../lib/jail/vsock-bridge';
 
 describe('framing', () => {
   it('round-trips messages with and without bytes, however the stream is cut', () => {
@@ -102,6 +103,8 @@ describe('checks on what the child sends', () => {
     ['an array', []],
     ['a reply value nested too deeply', { t: 'reply', id: 1, value: JSON.parse('['.repeat(20) + ']'.repeat(20)) }],
     ['a reply value with an overlong string', { t: 'reply', id: 1, value: { a: 'x'.repeat(10000) } }],
+    ['a vsock port beyond u32', { t: 'vsockIncoming', conn: 1, port: 2 ** 32 }],
+    ['a vsock connection without a number', { t: 'vsockIncoming', port: 80 }],
   ])('refuses %s', (_what, msg) => {
     expect(() => checkChildMessage(msg, Buffer.alloc(0))).toThrow(ProtocolViolation);
   });
@@ -146,6 +149,8 @@ class FakeChild {
   readonly childEnd: net.Socket;
   readonly received: Record<string, unknown>[] = [];
   killed = 0;
+  /** The descriptor socket's two ends (SOCK_SEQPACKET): the parent sends on [0]. */
+  readonly fds: [number, number] = loadNative().socketPair('seqpacket');
   private endResolve!: (end: ChildEnd) => void;
   readonly ended = new Promise<ChildEnd>((resolve) => { this.endResolve = resolve; });
   onMessage: (m: Record<string, unknown>, bytes: Buffer) => void = () => undefined;
@@ -183,7 +188,7 @@ class FakeChild {
       pid: 4242,
       root: '/nonexistent-jail/root',
       cgroups: { dirs: [], versions: [] },
-      fdSocket: -1,
+      fdSocket: this.fds[0],
       stderrTail: 'the stderr tail',
       kill: () => {
         this.killed++;
@@ -255,6 +260,76 @@ describe('RemoteMachineHandle against a stand-in child', () => {
     expect(info).toMatchObject({ reason: 'error', signal: 'SIGKILL' });
     expect(info.message).toMatch(/broke the control protocol \(frame of \d+ bytes/);
     expect(exits).toHaveLength(1);
+  });
+
+  it('vsock: a guest connection to a listened port gets a socket pair; any other is refused without a descriptor', async () => {
+    const child = new FakeChild();
+    const { h } = handle(child);
+    await started(child, h);
+    const addon = loadNative();
+    // No vsock at all: refused.
+    const until = async (ok: () => boolean) => {
+      for (let waited = 0; !ok(); waited += 5) {
+        if (waited > 5000) throw new Error('the handle did not answer the child');
+        await new Promise((r) => setTimeout(r, 5));
+      }
+    };
+    const attachCount = () => child.received.filter((m) => m.t === 'vsockAttach').length;
+    child.send({ t: 'vsockIncoming', conn: 1, port: 7000 });
+    await until(() => attachCount() === 1);
+    const vsock = new RemoteVsock();
+    const accepted: net.Socket[] = [];
+    vsock.listen(7000, (s) => accepted.push(s as net.Socket));
+    child.onMessage = (m) => { if (m.op === 'vsockListen') child.send({ t: 'reply', id: m.id }); };
+    h.attachVsock(vsock);
+    child.send({ t: 'vsockIncoming', conn: 2, port: 7001 });
+    child.send({ t: 'vsockIncoming', conn: 3, port: 7000 });
+    await until(() => attachCount() === 3);
+    const attaches = child.received.filter((m) => m.t === 'vsockAttach');
+    expect(attaches.slice(0, 2)).toEqual([{ t: 'vsockAttach', conn: 1 }, { t: 'vsockAttach', conn: 2 }]);
+    expect(attaches[2]).toMatchObject({ conn: 3, files: expect.any(Number) });
+    // The child's end arrives on the descriptor socket; bytes written there reach the listener's socket.
+    const batch = addon.receiveFds(child.fds[1], 1 << 16, 4)!;
+    expect(JSON.parse(batch.data.toString()).items).toEqual([expect.objectContaining({ kind: 'vsock', path: 'in:3' })]);
+    expect(batch.fds).toHaveLength(1);
+    const childEnd = new net.Socket({ fd: batch.fds[0], readable: true, writable: true, allowHalfOpen: true });
+    expect(accepted).toHaveLength(1);
+    const got = new Promise<string>((resolve) => {
+      let acc = '';
+      accepted[0].on('data', (d: Buffer) => { acc += d.toString(); });
+      accepted[0].on('end', () => resolve(acc));
+    });
+    childEnd.end('from the guest');
+    expect(await got).toBe('from the guest');
+    accepted[0].destroy();
+    childEnd.destroy();
+    expect(() => vsock.listen(7000, () => undefined)).toThrow(expect.objectContaining({ code: 'PORT_IN_USE' }));
+    expect(() => vsock.listen(-1, () => undefined)).toThrow(expect.objectContaining({ code: 'BAD_PORT' }));
+    await expect(new RemoteVsock().connect(5)).rejects.toMatchObject({ code: 'CLOSED' });
+    child.send({ t: 'exited', info: { reason: 'stopped' } });
+    child.die({ code: 0, signal: null });
+    await h.exited;
+    addon.closeFd(child.fds[0]);
+    addon.closeFd(child.fds[1]);
+  });
+
+  it(`vsock: at most ${MAX_BRIDGED_CONNECTIONS} bridged connections are held open; more are refused`, () => {
+    const vsock = new RemoteVsock();
+    const sockets: net.Socket[] = [];
+    vsock.listen(1, (sock) => sockets.push(sock as net.Socket));
+    const addon = loadNative();
+    const ends: number[] = [];
+    for (let i = 0; i < MAX_BRIDGED_CONNECTIONS; i++) {
+      const take = vsock.acceptor(1);
+      expect(take).not.toBeNull();
+      const [a, b] = addon.socketPair('stream');
+      ends.push(b);
+      take!(a);
+    }
+    expect(vsock.acceptor(1)).toBeNull();
+    expect(vsock.acceptor(2)).toBeNull();
+    for (const b of ends) addon.closeFd(b);
+    for (const sock of sockets) sock.destroy();
   });
 
   it('a reply to a call nobody made is a violation too', async () => {

@@ -1,0 +1,182 @@
+/**
+ * vsock for a jailed VM. The device, its queues and its connections live in the child, next to
+ * guest memory; the parent keeps what the user holds: the listeners and the host ends of the
+ * connections. Each connection is a Unix stream socket pair made by the parent: one end becomes
+ * the user's Duplex, the other crosses into the child as a descriptor, where it is spliced to the
+ * device's {@link VsockSocket}. Bytes then flow child ↔ parent through the kernel, never through
+ * the control socket; half-closes and aborts pass through as on any stream socket.
+ *
+ * Descriptors only ever travel parent → child. What the child may ask for is bounded: it can
+ * report a guest connection to a port the parent listens on (anything else is refused), and the
+ * parent holds at most {@link MAX_BRIDGED_CONNECTIONS} of them open.
+ * @module
+ */
+import * as net from 'net';
+import type { Duplex } from 'stream';
+import { VsockError } from '../devices/vsock/errors';
+import type { VsockConnectOptions, VsockDevice, VsockListener } from '../devices/vsock/device';
+import { VSOCK_DEFAULT_CONNECT_TIMEOUT_MS } from '../devices/vsock/device';
+import { splice } from '../devices/vsock/muxer';
+
+/** Most connections one jailed VM's vsock keeps open in the parent at a time. */
+export const MAX_BRIDGED_CONNECTIONS = 1024;
+
+/** What {@link RemoteVsock} needs from the jailed machine (the RemoteMachineHandle). */
+export interface VsockBridgeHandle {
+  /**
+   * Makes a socket pair, passes one end into the child with `vsockConnect`, and resolves with
+   * this process's end once the guest accepted (rejects with the child's VsockError otherwise).
+   */
+  vsockConnect(port: number, timeoutMs: number): Promise<number>;
+  /** Registers (or drops) a host port in the child's device. */
+  vsockListen(port: number, listen: boolean): Promise<void>;
+}
+
+/** A socket over one end of a pair: half-open, so `end()` is a half-close as on a VsockSocket. */
+export function bridgeSocket(fd: number): net.Socket {
+  return new net.Socket({ fd, readable: true, writable: true, allowHalfOpen: true });
+}
+
+function isU32(v: unknown): v is number {
+  return typeof v === 'number' && Number.isInteger(v) && v >= 0 && v <= 0xffffffff;
+}
+
+/**
+ * The parent's side of a jailed VM's vsock device: `connect` and `listen` as on the in-process
+ * {@link VsockDevice}, usable before start (listeners) and across the child's life.
+ */
+export class RemoteVsock {
+  private readonly listeners = new Map<number, (socket: Duplex) => void>();
+  private handle: VsockBridgeHandle | undefined;
+  private open = 0;
+
+  /** The ports listened on now (sent with the start message, so a guest's first connect finds them). */
+  ports(): number[] {
+    return [...this.listeners.keys()];
+  }
+
+  /** @internal The machine is there: later listen()/close() go to it. */
+  attach(handle: VsockBridgeHandle | undefined): void {
+    this.handle = handle;
+  }
+
+  /**
+   * Accepts guest connections to host port `port`.
+   * @throws VsockError BAD_PORT / BAD_CONFIG / PORT_IN_USE
+   */
+  listen(port: number, handler: (socket: Duplex) => void): VsockListener {
+    if (!isU32(port)) throw new VsockError('BAD_PORT', `port ${String(port)} is not a u32`);
+    if (typeof handler !== 'function') throw new VsockError('BAD_CONFIG', 'listen needs a connection handler');
+    if (this.listeners.has(port)) throw new VsockError('PORT_IN_USE', `host port ${port} already has a listener`);
+    this.listeners.set(port, handler);
+    // A machine that ended refuses; there is nothing left to listen to then.
+    void this.handle?.vsockListen(port, true).catch(() => undefined);
+    let open = true;
+    return {
+      port,
+      close: () => {
+        if (!open) return;
+        open = false;
+        if (this.listeners.get(port) !== handler) return;
+        this.listeners.delete(port);
+        void this.handle?.vsockListen(port, false).catch(() => undefined);
+      },
+    };
+  }
+
+  /**
+   * Connects to a guest listener on `port`.
+   * @throws VsockError BAD_PORT / TOO_MANY_CONNECTIONS, and what the device in the child reports
+   *   (CONNECTION_REFUSED, CONNECT_TIMEOUT…)
+   */
+  async connect(port: number, options: VsockConnectOptions = {}): Promise<Duplex> {
+    if (!isU32(port)) throw new VsockError('BAD_PORT', `port ${String(port)} is not a u32`);
+    if (!this.handle) throw new VsockError('CLOSED', 'the VM is not running');
+    if (this.open >= MAX_BRIDGED_CONNECTIONS) throw new VsockError('TOO_MANY_CONNECTIONS', `${MAX_BRIDGED_CONNECTIONS} vsock connections are open`);
+    const timeoutMs = options.timeoutMs ?? VSOCK_DEFAULT_CONNECT_TIMEOUT_MS;
+    return this.track(bridgeSocket(await this.handle.vsockConnect(port, timeoutMs)));
+  }
+
+  /**
+   * @internal The child reports a guest connection to `port`: the handler that takes it, or null
+   * to refuse it (no listener there, or too many open).
+   */
+  acceptor(port: number): ((fd: number) => void) | null {
+    const handler = this.listeners.get(port);
+    if (!handler || this.open >= MAX_BRIDGED_CONNECTIONS) return null;
+    return (fd) => {
+      const socket = this.track(bridgeSocket(fd));
+      try {
+        handler(socket);
+      } catch {
+        socket.destroy();
+      }
+    };
+  }
+
+  private track(socket: net.Socket): net.Socket {
+    this.open++;
+    socket.once('close', () => { this.open--; });
+    return socket;
+  }
+}
+
+/**
+ * The child's side: the device's listeners and connects on behalf of the parent, each connection
+ * spliced to the descriptor the parent passed for it.
+ */
+export class ChildVsockBridge {
+  private readonly listeners = new Map<number, VsockListener>();
+  private readonly waiting = new Map<number, Duplex>();
+  private nextConn = 0;
+
+  /**
+   * @param device the machine's vsock device
+   * @param report sends `vsockIncoming` to the parent
+   */
+  constructor(private readonly device: VsockDevice, private readonly report: (conn: number, port: number) => void) {}
+
+  /** Registers or drops host port `port` (the parent's listeners). */
+  listen(port: number, listen: boolean): void {
+    if (!listen) {
+      this.listeners.get(port)?.close();
+      this.listeners.delete(port);
+      return;
+    }
+    if (this.listeners.has(port)) return;
+    this.listeners.set(port, this.device.listen(port, (socket) => {
+      const conn = this.nextConn++;
+      this.waiting.set(conn, socket);
+      socket.once('close', () => this.waiting.delete(conn));
+      this.report(conn, port);
+    }));
+  }
+
+  /** The parent's answer to `vsockIncoming`: the descriptor of its pair's end, or null (refused). */
+  attach(conn: number, fd: number | null, closeFd: (fd: number) => void): void {
+    const socket = this.waiting.get(conn);
+    this.waiting.delete(conn);
+    if (fd === null) {
+      socket?.destroy();
+      return;
+    }
+    if (!socket || socket.destroyed) {
+      closeFd(fd);
+      return;
+    }
+    splice(socket, bridgeSocket(fd));
+  }
+
+  /** Connects to guest `port` and splices the connection to `fd`; resolves with the local port. */
+  async connect(port: number, timeoutMs: number, fd: number, closeFd: (fd: number) => void): Promise<number> {
+    let socket;
+    try {
+      socket = await this.device.connect(port, { timeoutMs });
+    } catch (e) {
+      closeFd(fd);
+      throw e;
+    }
+    splice(socket, bridgeSocket(fd));
+    return socket.localPort;
+  }
+}
