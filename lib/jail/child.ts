@@ -23,8 +23,7 @@ import { processSeccompFilter } from '../seccomp/process';
 import type { VirtioDevice } from '../virtio/device';
 import { createVsockDevice } from '../devices/vsock/device';
 import { vsockDeviceKind, type VsockSpec } from '../devices/vsock/kind';
-import { createVsockHost } from '../vm/vsock-host';
-import { ChildVsockBridge } from './vsock-bridge';
+import { ChildVsockBridge, ChildVsockHost } from './vsock-bridge';
 import { CONTROL_FD, FD_CHANNEL_FD, SCRATCH_DIR } from './launch';
 import { FrameReader, MAX_PARENT_FRAME, encodeFrame, toWireError, wireExitInfo } from './protocol';
 
@@ -138,6 +137,7 @@ export function runChild(): void {
   const resources = new PassedResources(addon, FD_CHANNEL_FD);
   let machine: MachineHandle | undefined;
   let vsock: ChildVsockBridge | undefined;
+  let vsockHost: ChildVsockHost | undefined;
   let ending = false;
   const closeFd = (fd: number) => {
     try { addon.closeFd(fd); } catch { /* already closed */ }
@@ -173,7 +173,9 @@ export function runChild(): void {
       const customDevices = new Map<string, VirtioDevice>();
       const vsockSpec = config.devices.find((d) => d.kind === vsockDeviceKind.kind);
       if (vsockSpec) {
-        const device = createVsockDevice(vsockSpec.config as VsockSpec, createVsockHost());
+        const spec = vsockSpec.config as VsockSpec;
+        vsockHost = new ChildVsockHost(spec.udsPath, (id, port) => send({ t: 'vsockUdsConnect', id, port }), closeFd);
+        const device = createVsockDevice(spec, vsockHost);
         customDevices.set(vsockSpec.id, device);
         vsock = new ChildVsockBridge(device, (conn, port) => send({ t: 'vsockIncoming', conn, port }));
         for (const port of Array.isArray(m.vsockPorts) ? m.vsockPorts : []) vsock.listen(Number(port), true);
@@ -252,11 +254,30 @@ export function runChild(): void {
     }
   };
 
+  /** A client of the udsPath, or the parent's answer to a forward (with a descriptor or without). */
+  const udsAnswer = (m: Record<string, unknown>) => {
+    let fd: number | null = null;
+    if (typeof m.files === 'number') {
+      try {
+        resources.receive(m.files);
+        fd = resources.take('vsock', 'readWrite', m.t === 'vsockUdsAccept' ? 'uds-in' : `uds-out:${Number(m.id)}`).fd;
+      } catch { /* no descriptor: a refusal */ }
+    }
+    if (m.t === 'vsockUdsAccept') {
+      if (fd === null) return;
+      if (vsockHost) vsockHost.accepted(fd);
+      else closeFd(fd);
+    } else {
+      vsockHost?.connected(Number(m.id), fd);
+    }
+  };
+
   const reader = new FrameReader(MAX_PARENT_FRAME, (json, bytes) => {
     const m = json as Record<string, unknown>;
     if (m.t === 'start' || m.t === 'restore') void begin(m);
     else if (m.t === 'call') void call(m, bytes);
     else if (m.t === 'vsockAttach') attach(m);
+    else if (m.t === 'vsockUdsAccept' || m.t === 'vsockUdsConnected') udsAnswer(m);
   }, () => {
     // The parent is not speaking the protocol: nothing sensible can follow.
     process.exit(2);

@@ -8,10 +8,11 @@
  * batch is always sent before the message that names it.
  *
  * Parent → child: `start`, `restore`, `call` (a MachineHandle method or a vsock operation,
- * answered by a `reply` with the same id), `vsockAttach` (the parent's answer to `vsockIncoming`).
+ * answered by a `reply` with the same id), `vsockAttach` (the parent's answer to `vsockIncoming`),
+ * `vsockUdsAccept` (a client of the udsPath) and `vsockUdsConnected` (the answer to `vsockUdsConnect`).
  * Child → parent: `ready` (the child has loaded everything and installed its seccomp filter),
  * `started`/`failed`, `reply`, the machine's events `serial`, `space`, `bootDone`, `exited`, and
- * `vsockIncoming`. vsock connections do not cross this socket: each is a socket pair of its own
+ * `vsockIncoming`, `vsockUdsConnect`. vsock connections do not cross this socket: each is a socket pair of its own
  * whose child end travels as a descriptor (see vsock-bridge.ts).
  *
  * Everything the child sends is untrusted: frames are bounded ({@link MAX_CHILD_FRAME}), every
@@ -72,7 +73,9 @@ export type ChildMessage =
   | { t: 'bootDone'; info: { elapsedUs: number; count: number } }
   | { t: 'exited'; info: ExitInfo; metrics?: unknown }
   /** A guest connected to a host port the parent listens on; `conn` names it in `vsockAttach`. */
-  | { t: 'vsockIncoming'; conn: number; port: number };
+  | { t: 'vsockIncoming'; conn: number; port: number }
+  /** The device forwards a guest connection to `<udsPath>_<port>`; answered by `vsockUdsConnected`. */
+  | { t: 'vsockUdsConnect'; id: number; port: number };
 
 /** Encodes one frame. */
 export function encodeFrame(message: object, bytes?: Uint8Array): Buffer {
@@ -291,6 +294,8 @@ export function checkChildMessage(json: unknown, bytes: Buffer): ChildMessage {
     }
     case 'exited':
       return { t: 'exited', info: checkExitInfo(o.info), ...(o.metrics !== undefined ? { metrics: boundedJson(o.metrics, 'final metrics') } : {}) };
+    case 'vsockUdsConnect':
+      return { t: 'vsockUdsConnect', id: int(o.id, 'vsockUdsConnect id', 0, Number.MAX_SAFE_INTEGER), port: int(o.port, 'vsockUdsConnect port', 0, 0xffffffff) };
     case 'vsockIncoming':
       return { t: 'vsockIncoming', conn: int(o.conn, 'vsockIncoming conn', 0, Number.MAX_SAFE_INTEGER), port: int(o.port, 'vsockIncoming port', 0, 0xffffffff) };
     default:

@@ -22,9 +22,11 @@ import { DeviceError } from '../devices/contract';
 import { BlockError } from '../devices/block/errors';
 import { tapError } from '../devices/net/factory';
 import { netDeviceKind, type NicSpec } from '../devices/net/kind';
-import { vsockDeviceKind, type VsockSpec } from '../devices/vsock/kind';
+import { vsockDeviceKind } from '../devices/vsock/kind';
 import { VsockError } from '../devices/vsock/errors';
-import type { RemoteVsock, VsockBridgeHandle } from './vsock-bridge';
+import { bridgeSocket, type RemoteVsock, type VsockBridgeHandle } from './vsock-bridge';
+import { splice } from '../devices/vsock/muxer';
+import type { Duplex } from 'stream';
 import type { NativeAddon } from '../native/types';
 import { NativeError } from '../native/errors';
 import { SnapshotError } from '../snapshot/errors';
@@ -183,6 +185,9 @@ async function launchAndSend(
   handle.attachVsock(opts.vsock);
   try {
     await handle.ready();
+    // vsock's Unix socket is this process's: made before the child starts, so that a path that
+    // cannot be used fails the start.
+    await opts.vsock?.startUds((client) => handle.vsockUdsAccept(client));
     const files = handle.sendBatch(resources);
     await handle.begin(message(files));
   } catch (e) {
@@ -197,15 +202,12 @@ async function launchAndSend(
 /**
  * Refuses what a jailed child cannot serve: parts of the machine that are objects of this
  * process (devices of your own, in-process links, the metadata store) cannot cross into the
- * child, and vsock's Unix socket interface (udsPath) is not bridged.
+ * child.
  * @throws ConfigError INVALID_JAIL naming the first such part
  */
 export function checkJailable(config: VmConfig): void {
   for (const d of config.devices) {
     if (d.kind === 'custom') throw new ConfigError('INVALID_JAIL', 'devices of your own (vm.device()) cannot run in a jailed child');
-    if (d.kind === vsockDeviceKind.kind && (d.config as VsockSpec).udsPath !== undefined) {
-      throw new ConfigError('INVALID_JAIL', 'vsock udsPath cannot be served from a jailed child yet (use vsockConnect/vsockListen/invoke)');
-    }
     if (d.kind === netDeviceKind.kind) {
       if (typeof (d.config as NicSpec).tap !== 'string') throw new ConfigError('INVALID_JAIL', `NIC ${d.id}: only TAP backends can run in a jailed child (a link is an object of this process)`);
     }
@@ -383,6 +385,7 @@ export class RemoteMachineHandle implements MachineHandle, VsockBridgeHandle {
   /** @internal Ends a child that failed to start; resolves once its jail is removed. */
   async abort(): Promise<void> {
     this.jp.kill();
+    await this.vsock?.stopUds();
     await this.jp.cleanup();
   }
 
@@ -448,6 +451,10 @@ export class RemoteMachineHandle implements MachineHandle, VsockBridgeHandle {
         return;
       case 'bootDone':
         if (this.started) this.events.bootDone?.({ elapsedNs: BigInt(m.info.elapsedUs) * 1000n, elapsedUs: m.info.elapsedUs, count: m.info.count });
+        return;
+      case 'vsockUdsConnect':
+        if (!this.started && !this.beginWaiter) return this.violation('a vsock forward before the VM started');
+        void this.vsockUdsConnect(m.id, m.port);
         return;
       case 'vsockIncoming':
         // The guest may connect while the child is still reporting its start.
@@ -526,6 +533,7 @@ export class RemoteMachineHandle implements MachineHandle, VsockBridgeHandle {
         if (p.op === 'stop') p.resolve(undefined);
         else p.reject(new JailError('CHILD_EXITED', `the VM ended (${info.reason}) before ${p.op} completed`));
       }
+      await this.vsock?.stopUds();
       const left = await this.jp.cleanup();
       if (left.length > 0) info = { ...info, closeErrors: [...(info.closeErrors ?? []), ...left.map((l) => ({ id: 'jail', error: `not removed: ${l}` }))] };
       this.exitInfo = info;
@@ -632,6 +640,30 @@ export class RemoteMachineHandle implements MachineHandle, VsockBridgeHandle {
     const [ours, files] = this.vsockPair(`in:${conn}`);
     this.send({ t: 'vsockAttach', conn, files });
     take(ours);
+  }
+
+  /** @internal A client of the vsock udsPath: passed into the child over a pair. */
+  vsockUdsAccept(client: Duplex): void {
+    if (this.finishing) {
+      client.destroy();
+      return;
+    }
+    const [ours, files] = this.vsockPair('uds-in');
+    this.send({ t: 'vsockUdsAccept', files });
+    splice(client, bridgeSocket(ours));
+  }
+
+  /** The device forwards a guest connection to `<udsPath>_<port>`: connect it here, pass a pair's end. */
+  private async vsockUdsConnect(id: number, port: number): Promise<void> {
+    const client = await this.vsock?.udsConnect(port) ?? null;
+    if (!client || this.finishing) {
+      client?.destroy();
+      this.send({ t: 'vsockUdsConnected', id });
+      return;
+    }
+    const [ours, files] = this.vsockPair(`uds-out:${id}`);
+    this.send({ t: 'vsockUdsConnected', id, files });
+    splice(client, bridgeSocket(ours));
   }
 
   async deviceStats(id: string): Promise<unknown> {

@@ -6,17 +6,28 @@
  * device's {@link VsockSocket}. Bytes then flow child ↔ parent through the kernel, never through
  * the control socket; half-closes and aborts pass through as on any stream socket.
  *
+ * The Firecracker-style Unix socket interface (`udsPath`) is the parent's too: it listens at
+ * `udsPath` and hands each client to the child over a pair, and a guest connection the device
+ * forwards to `<udsPath>_<P>` is connected by the parent, which the child asks by port number only
+ * (never by path: the child cannot make the parent open anything else).
+ *
  * Descriptors only ever travel parent → child. What the child may ask for is bounded: it can
- * report a guest connection to a port the parent listens on (anything else is refused), and the
- * parent holds at most {@link MAX_BRIDGED_CONNECTIONS} of them open.
+ * report a guest connection to a port the parent listens on (anything else is refused) or ask for
+ * `<udsPath>_<P>`, and the parent holds at most {@link MAX_BRIDGED_CONNECTIONS} connections open
+ * or being opened.
  * @module
  */
 import * as net from 'net';
 import type { Duplex } from 'stream';
 import { VsockError } from '../devices/vsock/errors';
+import type { UnixServerHandle, VsockHost } from '../devices/vsock/host';
+import { createVsockHost } from '../vm/vsock-host';
 import type { VsockConnectOptions, VsockDevice, VsockListener } from '../devices/vsock/device';
 import { VSOCK_DEFAULT_CONNECT_TIMEOUT_MS } from '../devices/vsock/device';
 import { splice } from '../devices/vsock/muxer';
+
+/** Clients of udsPath the child keeps while its device's interface is not started yet. */
+const EARLY_CLIENTS = 64;
 
 /** Most connections one jailed VM's vsock keeps open in the parent at a time. */
 export const MAX_BRIDGED_CONNECTIONS = 1024;
@@ -49,6 +60,54 @@ export class RemoteVsock {
   private readonly listeners = new Map<number, (socket: Duplex) => void>();
   private handle: VsockBridgeHandle | undefined;
   private open = 0;
+  private server: UnixServerHandle | null = null;
+
+  /**
+   * @param udsPath where the Unix socket interface listens, when the device has one
+   * @param host Unix sockets of this process (tests stand in for them)
+   */
+  constructor(private readonly udsPath?: string, private readonly host: VsockHost = createVsockHost()) {}
+
+  /**
+   * @internal Starts listening at `udsPath` (before the child starts, so that a socket that
+   * cannot be made fails the start); `accept` passes each client on.
+   * @throws VsockError UDS_FAILED
+   */
+  async startUds(accept: (client: Duplex) => void): Promise<void> {
+    if (this.udsPath === undefined || this.server) return;
+    this.server = await this.host.listenUnix(this.udsPath, (client) => {
+      if (this.open >= MAX_BRIDGED_CONNECTIONS) {
+        client.destroy();
+        return;
+      }
+      this.track(client);
+      accept(client);
+    });
+  }
+
+  /** @internal Stops listening at `udsPath` (the socket file is removed). */
+  async stopUds(): Promise<void> {
+    const server = this.server;
+    this.server = null;
+    await server?.close();
+  }
+
+  /**
+   * @internal The device forwards a guest connection to `<udsPath>_<port>`: the connected client,
+   * or null when there is no udsPath, nobody listens there, or too many are open.
+   */
+  async udsConnect(port: number): Promise<Duplex | null> {
+    if (this.udsPath === undefined || !isU32(port) || this.open >= MAX_BRIDGED_CONNECTIONS) return null;
+    this.open++;
+    try {
+      const client = await this.host.connectUnix(`${this.udsPath}_${port}`);
+      client.once('close', () => { this.open--; });
+      return client;
+    } catch {
+      this.open--;
+      return null;
+    }
+  }
 
   /** The ports listened on now (sent with the start message, so a guest's first connect finds them). */
   ports(): number[] {
@@ -114,10 +173,73 @@ export class RemoteVsock {
     };
   }
 
-  private track(socket: net.Socket): net.Socket {
+  private track<T extends Duplex>(socket: T): T {
     this.open++;
     socket.once('close', () => { this.open--; });
     return socket;
+  }
+}
+
+/**
+ * The child's {@link VsockHost}: the device's Unix socket interface, served by the parent. Clients
+ * of `udsPath` arrive as descriptors ({@link ChildVsockHost.accepted}); a forward to
+ * `<udsPath>_<P>` is a request for port P, answered with a descriptor or a refusal.
+ */
+export class ChildVsockHost implements VsockHost {
+  readonly timers = createVsockHost().timers;
+  private onClient: ((stream: Duplex) => void) | null = null;
+  private readonly pending = new Map<number, { resolve: (s: Duplex) => void; reject: (e: Error) => void }>();
+  private nextId = 0;
+  private readonly early: number[] = [];
+
+  /**
+   * @param udsPath the device's udsPath (the parent's path; nothing is opened here)
+   * @param request asks the parent to connect `<udsPath>_<port>` (`vsockUdsConnect`)
+   * @param closeFd closes a descriptor nobody takes
+   */
+  constructor(
+    private readonly udsPath: string | undefined,
+    private readonly request: (id: number, port: number) => void,
+    private readonly closeFd: (fd: number) => void,
+  ) {}
+
+  listenUnix(_path: string, onConnection: (stream: Duplex) => void): Promise<UnixServerHandle> {
+    this.onClient = onConnection;
+    for (const fd of this.early.splice(0)) onConnection(bridgeSocket(fd));
+    return Promise.resolve({ close: async () => { this.onClient = null; } });
+  }
+
+  connectUnix(p: string): Promise<Duplex> {
+    const prefix = `${this.udsPath ?? ''}_`;
+    const port = Number(p.slice(prefix.length));
+    if (this.udsPath === undefined || !p.startsWith(prefix) || !isU32(port)) {
+      return Promise.reject(new VsockError('UDS_FAILED', `${p} is not a forwarding path of this device`));
+    }
+    const id = this.nextId++;
+    return new Promise((resolve, reject) => {
+      this.pending.set(id, { resolve, reject });
+      this.request(id, port);
+    });
+  }
+
+  /** The parent passed a client of `udsPath`. */
+  accepted(fd: number): void {
+    if (this.onClient) this.onClient(bridgeSocket(fd));
+    // A client quicker than the machine's start waits for the device's interface to start.
+    else if (this.early.length < EARLY_CLIENTS) this.early.push(fd);
+    else this.closeFd(fd);
+  }
+
+  /** The parent's answer to request `id`: the connected stream's descriptor, or null. */
+  connected(id: number, fd: number | null): void {
+    const p = this.pending.get(id);
+    this.pending.delete(id);
+    if (!p) {
+      if (fd !== null) this.closeFd(fd);
+      return;
+    }
+    if (fd === null) p.reject(new VsockError('UDS_FAILED', `nothing listens at ${this.udsPath}_<port> (or the host refused it)`));
+    else p.resolve(bridgeSocket(fd));
   }
 }
 

@@ -378,8 +378,7 @@ export class MicroVM extends EventEmitter<MicroVMEvents> {
    * guest ports through that Unix socket as with Firecracker (`CONNECT <port>\n`), and guest
    * connections to host port P go to `<udsPath>_<P>`. Listeners (`vsockListen`) may be added
    * before `start()`.
-   * @throws ConfigError INVALID_VSOCK / DUPLICATE_ID / UNKNOWN_OPTION / TOO_MANY_DEVICES; INVALID_JAIL for
-   *   `udsPath` on a jailed VM (its connect/listen/invoke work jailed)
+   * @throws ConfigError INVALID_VSOCK / DUPLICATE_ID / UNKNOWN_OPTION / TOO_MANY_DEVICES
    */
   vsock(options: VsockOptions): this {
     this.configurable();
@@ -387,11 +386,8 @@ export class MicroVM extends EventEmitter<MicroVMEvents> {
     this.checkDeviceId(VSOCK_ID);
     const spec = { kind: vsockDeviceKind.kind, id: VSOCK_ID, config: { ...config, id: VSOCK_ID } };
     this.checkCmdlineFits({ ...this.config, devices: [...this.config.devices, spec] });
-    if (this.jailConfig && config.udsPath !== undefined) {
-      throw new ConfigError('INVALID_JAIL', 'vsock udsPath cannot be served from a jailed child yet (use vsockConnect/vsockListen/invoke)');
-    }
     this.config.devices.push(spec);
-    if (this.jailConfig) this.remoteVsock = new RemoteVsock();
+    if (this.jailConfig) this.remoteVsock = new RemoteVsock(config.udsPath);
     else this.customDevices.set(VSOCK_ID, createVsockDevice(spec.config, createVsockHost()));
     return this;
   }
@@ -682,7 +678,7 @@ export class MicroVM extends EventEmitter<MicroVMEvents> {
    */
   private rebuildServices(): void {
     const vsock = this.config.devices.find((d) => d.kind === vsockDeviceKind.kind);
-    if (vsock && this.jailConfig) this.remoteVsock = new RemoteVsock();
+    if (vsock && this.jailConfig) this.remoteVsock = new RemoteVsock(checkVsockOptions(withoutId(vsock.config)).udsPath);
     else if (vsock) this.customDevices.set(vsock.id, createVsockDevice(checkVsockOptions(withoutId(vsock.config)), createVsockHost()));
     if (this.config.mmds) {
       const nics = this.config.devices.filter((d) => d.kind === netDeviceKind.kind).map((d) => d.id);

@@ -5,6 +5,7 @@
  * start leave nothing behind; 100 start/stop cycles leak no cgroup, mount, directory or fd.
  */
 import * as fs from 'fs';
+import * as net from 'net';
 import * as os from 'os';
 import * as path from 'path';
 import { MicroVM } from '../../lib/vm/microvm';
@@ -17,6 +18,7 @@ import { loadedAddonPath } from '../../lib/native/binding';
 import { guest, parseKt, runVm, type GuestRun } from './harness';
 import { JAIL_GID, JAIL_UID, chrootBase, describeJail, ensureJailCode } from './jail-harness';
 import { NetnsTap } from '../unit/helpers/netns';
+import { removeSocketDirs, socketDir } from '../unit/helpers/socket-dir';
 
 describeJail('jailed VMs', () => {
   let base = '';
@@ -26,6 +28,7 @@ describeJail('jailed VMs', () => {
     base = chrootBase();
   }, 300_000);
   afterAll(() => {
+    removeSocketDirs();
     fs.rmSync(tmp, { recursive: true, force: true });
     fs.rmSync(base, { recursive: true, force: true });
   });
@@ -162,7 +165,63 @@ describeJail('jailed VMs', () => {
     const m = (await vm.metrics()).devices.vsock;
     expect(m.kind).toBe('virtio-vsock');
     await expect(vm.vsockConnect(1024)).rejects.toThrow();
-    expect(() => new MicroVM({ id: 'x', jail: jail() }).vsock({ guestCid: 3, udsPath: path.join(tmp, 'v.sock') })).toThrow(expect.objectContaining({ code: 'INVALID_JAIL' }));
+  });
+
+  it('vsock jailed with udsPath: the parent serves the Unix socket (CONNECT <port>) and forwards guest connections to <udsPath>_<port>', async () => {
+    const uds = path.join(socketDir(tmp), `j${seq}.sock`);
+    // No listener for host port 7000: the device forwards the guest's connection to uds_7000.
+    const forward = net.createServer({ allowHalfOpen: true }, (s) => {
+      let got = '';
+      s.on('data', (d: Buffer) => { got += d.toString(); });
+      s.on('end', () => s.end(`hello from the host (you said ${got.trim()})`));
+    });
+    await new Promise<void>((r) => forward.listen(`${uds}_7000`, () => r()));
+    const vm = new MicroVM({ id: id('uds'), jail: jail() }).memory(32).kernel(guest('vsock')).vsock({ guestCid: 3, udsPath: uds });
+    let out = '';
+    let listening!: () => void;
+    const isListening = new Promise<void>((resolve) => { listening = resolve; });
+    vm.on('serial', (c) => {
+      out += c.toString('latin1');
+      if (out.includes('KT: vsock listening=1024')) listening();
+    });
+    await vm.start();
+    await isListening;
+    expect(fs.statSync(uds).isSocket()).toBe(true);
+    const sock = net.connect(uds);
+    await new Promise<void>((r) => sock.once('connect', () => r()));
+    sock.write('CONNECT 1024\n');
+    const ok = await new Promise<string>((r) => sock.once('data', (d: Buffer) => r(d.toString())));
+    expect(ok).toMatch(/^OK \d+\n$/);
+    // One invoke frame by hand (docs/invoke-protocol.md): "KI", version 1, kind 1 (JSON request), id, length.
+    const body = Buffer.from('{"via":"jailed uds"}');
+    const hdr = Buffer.alloc(12);
+    hdr.write('KI', 0, 'latin1');
+    hdr[2] = 1;
+    hdr[3] = 1;
+    hdr.writeUInt32LE(9, 4);
+    hdr.writeUInt32LE(body.length, 8);
+    sock.write(Buffer.concat([hdr, body]));
+    const reply = await new Promise<Buffer>((r) => {
+      let acc = Buffer.alloc(0);
+      sock.on('data', (d: Buffer) => {
+        acc = Buffer.concat([acc, d]);
+        if (acc.length >= 12 && acc.length >= 12 + acc.readUInt32LE(8)) r(acc);
+      });
+    });
+    expect(reply.readUInt32LE(4)).toBe(9);
+    expect(JSON.parse(reply.subarray(12, 12 + reply.readUInt32LE(8)).toString())).toEqual({ via: 'jailed uds' });
+    sock.destroy();
+    await vm.invoke('quit');
+    expect((await vm.wait()).reason).toBe('reset');
+    forward.close();
+    const { kv } = parseKt(out);
+    expect(kv.get('vsock connect')).toBe('ok');
+    expect(kv.get('vsock host_said')).toBe('hello from the host (you said hello from the guest)');
+    // The socket file is the parent's and is gone with the VM.
+    expect(fs.existsSync(uds)).toBe(false);
+    const m = (await vm.metrics()).devices.vsock.metrics as { udsAccepted: number; udsForwarded: number };
+    expect(m.udsAccepted).toBe(1);
+    expect(m.udsForwarded).toBe(1);
   });
 
   const noTap = NetnsTap.unavailable();

@@ -19,7 +19,7 @@ import type { ChildEnd } from '../../lib/jail/launch';
 import { initialConfig } from '../../lib/vm/config';
 import type { ExitInfo } from '../../lib/vm/exit-dispatch';
 import type { MachineEvents } from '../../lib/vm/machine';
-import { MAX_BRIDGED_CONNECTIONS, RemoteVsock } from '../../lib/jail/vsock-bridge';
+import { ChildVsockHost, MAX_BRIDGED_CONNECTIONS, RemoteVsock } from '../../lib/jail/vsock-bridge';
 
 describe('framing', () => {
   it('round-trips messages with and without bytes, however the stream is cut', () => {
@@ -105,6 +105,8 @@ describe('checks on what the child sends', () => {
     ['a reply value with an overlong string', { t: 'reply', id: 1, value: { a: 'x'.repeat(10000) } }],
     ['a vsock port beyond u32', { t: 'vsockIncoming', conn: 1, port: 2 ** 32 }],
     ['a vsock connection without a number', { t: 'vsockIncoming', port: 80 }],
+    ['a vsock forward to a port beyond u32', { t: 'vsockUdsConnect', id: 1, port: -1 }],
+    ['a vsock forward without an id', { t: 'vsockUdsConnect', port: 80 }],
   ])('refuses %s', (_what, msg) => {
     expect(() => checkChildMessage(msg, Buffer.alloc(0))).toThrow(ProtocolViolation);
   });
@@ -330,6 +332,42 @@ describe('RemoteMachineHandle against a stand-in child', () => {
     expect(vsock.acceptor(2)).toBeNull();
     for (const b of ends) addon.closeFd(b);
     for (const sock of sockets) sock.destroy();
+  });
+
+  it('vsock udsPath: the child asks by port only; the parent refuses without a udsPath and connects <udsPath>_<port> with one', async () => {
+    const requests: string[] = [];
+    const host = {
+      timers: { setTimeout: () => 0, clearTimeout: () => undefined },
+      listenUnix: async () => ({ close: async () => undefined }),
+      connectUnix: async (p: string) => {
+        requests.push(p);
+        if (!p.endsWith('_80')) throw new Error('ECONNREFUSED');
+        const [a, b] = loadNative().socketPair('stream');
+        loadNative().closeFd(b);
+        return new net.Socket({ fd: a, readable: true, writable: true });
+      },
+    };
+    expect(await new RemoteVsock(undefined, host).udsConnect(80)).toBeNull();
+    const remote = new RemoteVsock('/run/fn/v.sock', host);
+    expect(await remote.udsConnect(81)).toBeNull();
+    const client = await remote.udsConnect(80);
+    expect(client).not.toBeNull();
+    client!.destroy();
+    expect(await remote.udsConnect(2 ** 32)).toBeNull();
+    expect(requests).toEqual(['/run/fn/v.sock_81', '/run/fn/v.sock_80']);
+
+    const asked: [number, number][] = [];
+    const closed: number[] = [];
+    const child = new ChildVsockHost('/run/fn/v.sock', (id, port) => asked.push([id, port]), (fd) => closed.push(fd));
+    await expect(child.connectUnix('/etc/passwd')).rejects.toMatchObject({ code: 'UDS_FAILED' });
+    await expect(child.connectUnix('/run/fn/v.sock_x')).rejects.toMatchObject({ code: 'UDS_FAILED' });
+    const refused = child.connectUnix('/run/fn/v.sock_52');
+    expect(asked).toEqual([[0, 52]]);
+    child.connected(0, null);
+    await expect(refused).rejects.toMatchObject({ code: 'UDS_FAILED' });
+    // An answer nobody waits for: its descriptor is closed.
+    child.connected(7, 123456);
+    expect(closed).toEqual([123456]);
   });
 
   it('a reply to a call nobody made is a violation too', async () => {
