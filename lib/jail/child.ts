@@ -24,6 +24,9 @@ import type { VirtioDevice } from '../virtio/device';
 import { createVsockDevice } from '../devices/vsock/device';
 import { vsockDeviceKind, type VsockSpec } from '../devices/vsock/kind';
 import { ChildVsockBridge, ChildVsockHost } from './vsock-bridge';
+import { MmdsStore } from '../devices/net/mmds/store';
+import { checkMmdsOptions } from '../devices/net/config';
+import { netDeviceKind } from '../devices/net/kind';
 import { CONTROL_FD, FD_CHANNEL_FD, SCRATCH_DIR } from './launch';
 import { FrameReader, MAX_PARENT_FRAME, encodeFrame, toWireError, wireExitInfo } from './protocol';
 
@@ -138,6 +141,7 @@ export function runChild(): void {
   let machine: MachineHandle | undefined;
   let vsock: ChildVsockBridge | undefined;
   let vsockHost: ChildVsockHost | undefined;
+  let mmds: MmdsStore | undefined;
   let ending = false;
   const closeFd = (fd: number) => {
     try { addon.closeFd(fd); } catch { /* already closed */ }
@@ -180,13 +184,19 @@ export function runChild(): void {
         vsock = new ChildVsockBridge(device, (conn, port) => send({ t: 'vsockIncoming', conn, port }));
         for (const port of Array.isArray(m.vsockPorts) ? m.vsockPorts : []) vsock.listen(Number(port), true);
       }
+      // The metadata store is this process's copy of the parent's: the data the parent had at
+      // start, then each change it makes (mmdsSet); a restore brings the snapshot's.
+      if (config.mmds) {
+        mmds = new MmdsStore(checkMmdsOptions(config.mmds, config.devices.filter((d) => d.kind === netDeviceKind.kind).map((d) => d.id)));
+        if (m.mmdsData !== undefined) mmds.set(m.mmdsData);
+      }
       if (m.t === 'start') {
-        machine = await startMachine(config, { addon, events, resources, customDevices });
+        machine = await startMachine(config, { addon, events, resources, customDevices, mmds });
       } else {
         const memory = resources.take('memory', 'read', String(m.memoryPath));
         const snap: LoadedSnapshot = { dir: String(m.dir), state: m.state as SnapshotState, memoryPath: memory.meta.path, memoryFd: memory.fd };
         try {
-          machine = await restoreMachine(snap, config, { addon, events, resources, customDevices, memory: m.memory as 'map' | 'copy', paused: m.paused === true });
+          machine = await restoreMachine(snap, config, { addon, events, resources, customDevices, mmds, memory: m.memory as 'map' | 'copy', paused: m.paused === true });
         } finally {
           addon.closeFd(memory.fd);
         }
@@ -223,6 +233,14 @@ export function runChild(): void {
           value = await vsock.connect(Number(m.port), Number(m.timeoutMs), fd, closeFd);
           break;
         }
+        case 'mmdsSet':
+          if (!mmds) throw new Error('this VM has no metadata service');
+          mmds.set(m.data);
+          break;
+        case 'mmdsGet':
+          if (!mmds) throw new Error('this VM has no metadata service');
+          value = mmds.get();
+          break;
         case 'vsockListen':
         case 'vsockUnlisten':
           if (!vsock) throw new Error('this VM has no vsock device');

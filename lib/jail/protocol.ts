@@ -37,7 +37,7 @@ const HEADER = 8;
 
 /** The MachineHandle methods a `call` can name. */
 export type CallOp = 'serialInput' | 'sendCtrlAltDel' | 'updateDevice' | 'deviceStats' | 'metrics' | 'pause' | 'resume' | 'snapshot' | 'stop' | 'testAttempt'
-  | 'vsockConnect' | 'vsockListen' | 'vsockUnlisten';
+  | 'vsockConnect' | 'vsockListen' | 'vsockUnlisten' | 'mmdsSet' | 'mmdsGet';
 
 /** What an error looks like on the wire. */
 export interface WireError {

@@ -27,6 +27,7 @@ import { VsockError } from '../devices/vsock/errors';
 import { bridgeSocket, type RemoteVsock, type VsockBridgeHandle } from './vsock-bridge';
 import { splice } from '../devices/vsock/muxer';
 import type { Duplex } from 'stream';
+import type { MmdsStore } from '../devices/net/mmds/store';
 import type { NativeAddon } from '../native/types';
 import { NativeError } from '../native/errors';
 import { SnapshotError } from '../snapshot/errors';
@@ -79,6 +80,8 @@ export interface JailedStartOptions extends JailLaunchOptions {
   prepared?: RemoteMachineHandle;
   /** The parent's side of the VM's vsock device, when it has one. */
   vsock?: RemoteVsock;
+  /** The VM's metadata store: its data goes with the start message. */
+  mmds?: MmdsStore;
 }
 
 /** Where a jailed VM is, for operators and tests. */
@@ -115,7 +118,9 @@ export async function startJailedMachine(config: VmConfig, opts: JailedStartOpti
     await opts.prepared?.abort();
     throw e;
   }
-  return launchAndSend(config, opts, resources, (files) => ({ t: 'start', config: childConfig(config), files, vsockPorts: opts.vsock?.ports() ?? [] }));
+  return launchAndSend(config, opts, resources, (files) => ({
+    t: 'start', config: childConfig(config), files, vsockPorts: opts.vsock?.ports() ?? [], ...(opts.mmds ? { mmdsData: opts.mmds.get() } : {}),
+  }));
 }
 
 /**
@@ -201,8 +206,7 @@ async function launchAndSend(
 
 /**
  * Refuses what a jailed child cannot serve: parts of the machine that are objects of this
- * process (devices of your own, in-process links, the metadata store) cannot cross into the
- * child.
+ * process (devices of your own, in-process links) cannot cross into the child.
  * @throws ConfigError INVALID_JAIL naming the first such part
  */
 export function checkJailable(config: VmConfig): void {
@@ -212,7 +216,6 @@ export function checkJailable(config: VmConfig): void {
       if (typeof (d.config as NicSpec).tap !== 'string') throw new ConfigError('INVALID_JAIL', `NIC ${d.id}: only TAP backends can run in a jailed child (a link is an object of this process)`);
     }
   }
-  if (config.mmds) throw new ConfigError('INVALID_JAIL', 'the metadata service (mmds) cannot run in a jailed child yet (its store lives in this process)');
 }
 
 /** Opens what the configuration names, in this process, with the errors start() would give. */
@@ -664,6 +667,17 @@ export class RemoteMachineHandle implements MachineHandle, VsockBridgeHandle {
     const [ours, files] = this.vsockPair(`uds-out:${id}`);
     this.send({ t: 'vsockUdsConnected', id, files });
     splice(client, bridgeSocket(ours));
+  }
+
+  /** Replaces the child's copy of the metadata (the façade's store checked it already). */
+  async setMetadata(data: unknown): Promise<void> {
+    if (this.finishing) return;
+    await this.call('mmdsSet', { data });
+  }
+
+  /** The child's metadata (after a restore: the snapshot's), unchecked: the caller's store checks it. */
+  async getMetadata(): Promise<unknown> {
+    return this.call('mmdsGet');
   }
 
   async deviceStats(id: string): Promise<unknown> {

@@ -332,11 +332,10 @@ export class MicroVM extends EventEmitter<MicroVMEvents> {
    * Turns on the metadata service (Firecracker's MMDS) for the guest, reachable through the NICs
    * listed (which must have been added): HTTP on port 80 at `ipv4Address` (default
    * 169.254.169.254), `version: 'v2'` with session tokens. Set its data with `setMetadata()`.
-   * @throws ConfigError INVALID_MMDS / UNKNOWN_OPTION; INVALID_JAIL for a jailed VM
+   * @throws ConfigError INVALID_MMDS / UNKNOWN_OPTION
    */
   mmds(options: MmdsOptions): this {
     this.configurable();
-    if (this.jailConfig) throw new ConfigError('INVALID_JAIL', 'mmds() cannot run in a jailed child yet (its store lives in this process)');
     const nics = this.config.devices.filter((d) => d.kind === netDeviceKind.kind).map((d) => d.id);
     const config = checkMmdsOptions(options, nics);
     const previous = this.mmdsStore?.get();
@@ -358,6 +357,15 @@ export class MicroVM extends EventEmitter<MicroVMEvents> {
    */
   setMetadata(data: unknown): void {
     this.store().set(data);
+    this.pushMetadata();
+  }
+
+  /**
+   * A jailed VM's guest reads the child's copy of the store: send it the data as it is now. The
+   * control socket keeps the order of changes; a VM that ended has nothing to update.
+   */
+  private pushMetadata(): void {
+    if (this.handle instanceof RemoteMachineHandle && this.mmdsStore) void this.handle.setMetadata(this.mmdsStore.get()).catch(() => undefined);
   }
 
   /**
@@ -366,6 +374,7 @@ export class MicroVM extends EventEmitter<MicroVMEvents> {
    */
   updateMetadata(patch: unknown): void {
     this.store().patch(patch);
+    this.pushMetadata();
   }
 
   /** The current metadata. @throws ConfigError INVALID_MMDS when mmds() was not called */
@@ -605,7 +614,11 @@ export class MicroVM extends EventEmitter<MicroVMEvents> {
       if (launch) this.handle = await launch(events, addon);
       else if (this.jailConfig) {
         const prepared = this.preparing ? await this.preparing : undefined;
-        this.handle = await startJailedMachine(this.config, { addon, addonPath: loadedAddonPath(), events, jail: this.jailConfig, prepared, vsock: this.remoteVsock });
+        this.handle = await startJailedMachine(this.config, {
+          addon, addonPath: loadedAddonPath(), events, jail: this.jailConfig, prepared, vsock: this.remoteVsock, mmds: this.mmdsStore,
+        });
+        // Changes made while the child was starting.
+        this.pushMetadata();
       }
       else this.handle = await startMachine(this.config, { addon, customDevices: this.customDevices, events, mmds: this.mmdsStore, links: this.links });
     } catch (e) {
@@ -726,6 +739,12 @@ export class MicroVM extends EventEmitter<MicroVMEvents> {
       paused,
     );
     await vm.starting;
+    if (vm.handle instanceof RemoteMachineHandle && vm.mmdsStore) {
+      // The child restored the snapshot's metadata: this process's store takes it (checked as any input).
+      try {
+        vm.mmdsStore.set(await vm.handle.getMetadata());
+      } catch { /* the child's copy is what the guest reads; ours stays empty */ }
+    }
     return { vm, resume };
   }
 
