@@ -23,16 +23,18 @@ import { processSeccompFilter } from '../seccomp/process';
 import type { VirtioDevice } from '../virtio/device';
 import { createVsockDevice } from '../devices/vsock/device';
 import { vsockDeviceKind, type VsockSpec } from '../devices/vsock/kind';
-import { ChildVsockBridge, ChildVsockHost } from './vsock-bridge';
+import { ChildVsockBridge, ChildVsockHost, bridgeSocket } from './vsock-bridge';
+import { FramedLink, childLink } from './link-bridge';
+import type { FrameSwitch } from '../devices/net/config';
 import { MmdsStore } from '../devices/net/mmds/store';
 import { checkMmdsOptions } from '../devices/net/config';
-import { netDeviceKind } from '../devices/net/kind';
+import { netDeviceKind, type NicSpec } from '../devices/net/kind';
 import { CONTROL_FD, FD_CHANNEL_FD, SCRATCH_DIR } from './launch';
 import { FrameReader, MAX_PARENT_FRAME, encodeFrame, toWireError, wireExitInfo } from './protocol';
 
 /** What one passed descriptor is (as the parent described it). */
 interface PassedMeta {
-  kind: 'kvm' | 'file' | 'memory' | 'tap' | 'vsock';
+  kind: 'kvm' | 'file' | 'memory' | 'tap' | 'vsock' | 'link';
   /** The file's path, or the TAP's name. */
   path: string;
   access: HostFileAccess;
@@ -190,13 +192,19 @@ export function runChild(): void {
         mmds = new MmdsStore(checkMmdsOptions(config.mmds, config.devices.filter((d) => d.kind === netDeviceKind.kind).map((d) => d.id)));
         if (m.mmdsData !== undefined) mmds.set(m.mmdsData);
       }
+      // NICs on the parent's in-process links: each attaches to its socket pair's end.
+      const links = new Map<string, FrameSwitch>();
+      for (const d of config.devices) {
+        if (d.kind !== netDeviceKind.kind || !(d.config as NicSpec).link) continue;
+        links.set(d.id, childLink(new FramedLink(bridgeSocket(resources.take('link', 'readWrite', d.id).fd))));
+      }
       if (m.t === 'start') {
-        machine = await startMachine(config, { addon, events, resources, customDevices, mmds });
+        machine = await startMachine(config, { addon, events, resources, customDevices, mmds, links });
       } else {
         const memory = resources.take('memory', 'read', String(m.memoryPath));
         const snap: LoadedSnapshot = { dir: String(m.dir), state: m.state as SnapshotState, memoryPath: memory.meta.path, memoryFd: memory.fd };
         try {
-          machine = await restoreMachine(snap, config, { addon, events, resources, customDevices, mmds, memory: m.memory as 'map' | 'copy', paused: m.paused === true });
+          machine = await restoreMachine(snap, config, { addon, events, resources, customDevices, mmds, links, memory: m.memory as 'map' | 'copy', paused: m.paused === true });
         } finally {
           addon.closeFd(memory.fd);
         }

@@ -28,6 +28,8 @@ import { bridgeSocket, type RemoteVsock, type VsockBridgeHandle } from './vsock-
 import { splice } from '../devices/vsock/muxer';
 import type { Duplex } from 'stream';
 import type { MmdsStore } from '../devices/net/mmds/store';
+import type { FrameSwitch } from '../devices/net/config';
+import { FramedLink, joinLink } from './link-bridge';
 import type { NativeAddon } from '../native/types';
 import { NativeError } from '../native/errors';
 import { SnapshotError } from '../snapshot/errors';
@@ -82,6 +84,8 @@ export interface JailedStartOptions extends JailLaunchOptions {
   vsock?: RemoteVsock;
   /** The VM's metadata store: its data goes with the start message. */
   mmds?: MmdsStore;
+  /** The link objects of NICs on in-process links, by NIC id. */
+  links?: ReadonlyMap<string, FrameSwitch | Duplex>;
 }
 
 /** Where a jailed VM is, for operators and tests. */
@@ -98,9 +102,11 @@ export interface JailInfo {
 export type JailChild = Pick<JailProcess, 'control' | 'ended' | 'pid' | 'root' | 'cgroups' | 'fdSocket' | 'stderrTail' | 'kill' | 'cleanup' | 'oomKills' | 'hold'>;
 
 /** One descriptor for the child and what it is. */
-interface PassedResource {
-  meta: { kind: 'kvm' | 'file' | 'memory' | 'tap' | 'vsock'; path: string; access: 'read' | 'readWrite'; size: number; blockDevice: boolean; offloads?: number };
+export interface PassedResource {
+  meta: { kind: 'kvm' | 'file' | 'memory' | 'tap' | 'vsock' | 'link'; path: string; access: 'read' | 'readWrite'; size: number; blockDevice: boolean; offloads?: number };
   fd: number;
+  /** A link pair's other end (this process's), until it is joined to the link. */
+  peer?: number;
 }
 
 /**
@@ -188,6 +194,7 @@ async function launchAndSend(
   }
   handle.attach(config, opts.events);
   handle.attachVsock(opts.vsock);
+  handle.attachLinks(resources, opts.links);
   try {
     await handle.ready();
     // vsock's Unix socket is this process's: made before the child starts, so that a path that
@@ -212,14 +219,11 @@ async function launchAndSend(
 export function checkJailable(config: VmConfig): void {
   for (const d of config.devices) {
     if (d.kind === 'custom') throw new ConfigError('INVALID_JAIL', 'devices of your own (vm.device()) cannot run in a jailed child');
-    if (d.kind === netDeviceKind.kind) {
-      if (typeof (d.config as NicSpec).tap !== 'string') throw new ConfigError('INVALID_JAIL', `NIC ${d.id}: only TAP backends can run in a jailed child (a link is an object of this process)`);
-    }
   }
 }
 
 /** Opens what the configuration names, in this process, with the errors start() would give. */
-async function openResources(config: VmConfig, what: { kernel: boolean }, opts: JailLaunchOptions): Promise<PassedResource[]> {
+async function openResources(config: VmConfig, what: { kernel: boolean }, opts: JailedStartOptions): Promise<PassedResource[]> {
   checkJailable(config);
   const out: PassedResource[] = [];
   try {
@@ -243,7 +247,8 @@ async function openResources(config: VmConfig, what: { kernel: boolean }, opts: 
     for (const d of config.drives) out.push(await openDriveFile(d.path, d.readOnly));
     for (const d of config.devices) {
       if (d.kind === 'custom') throw new ConfigError('INVALID_JAIL', 'devices of your own (vm.device()) cannot run in a jailed child');
-      if (d.kind === netDeviceKind.kind) out.push(openNicTap(d.id, d.config as NicSpec, opts));
+      if (d.kind === netDeviceKind.kind && (d.config as NicSpec).link) out.push(linkPair(d.id, opts));
+      else if (d.kind === netDeviceKind.kind) out.push(openNicTap(d.id, d.config as NicSpec, opts));
     }
   } catch (e) {
     closeResources(out);
@@ -260,6 +265,16 @@ async function openDriveFile(p: string, readOnly: boolean): Promise<PassedResour
   } catch (e) {
     throw new BlockError('OPEN_FAILED', `cannot open ${p}: ${(e as Error).message}`, { cause: e });
   }
+}
+
+/**
+ * A NIC on an in-process link: a socket pair, the child's end passed in (see link-bridge.ts). This
+ * process's end travels in the resource as `peer`, joined to the link once the child has it.
+ */
+function linkPair(id: string, opts: JailedStartOptions): PassedResource {
+  if (!opts.links?.has(id)) throw new ConfigError('INVALID_NIC', `nic ${id} is on an in-process link, and none was given for it`);
+  const [ours, theirs] = opts.addon.socketPair('stream');
+  return { meta: { kind: 'link', path: id, access: 'readWrite', size: 0, blockDevice: false }, fd: theirs, peer: ours };
 }
 
 /**
@@ -283,7 +298,9 @@ function openNicTap(id: string, config: NicSpec, opts: JailLaunchOptions): Passe
 
 function closeResources(list: PassedResource[]): void {
   for (const r of list.splice(0)) {
-    try { fs.closeSync(r.fd); } catch { /* already closed */ }
+    for (const fd of r.peer === undefined ? [r.fd] : [r.fd, r.peer]) {
+      try { fs.closeSync(fd); } catch { /* already closed */ }
+    }
   }
 }
 
@@ -300,6 +317,8 @@ export class RemoteMachineHandle implements MachineHandle, VsockBridgeHandle {
   cmdline = '';
   /** The parent's side of the VM's vsock device, when it has one. */
   private vsock: RemoteVsock | undefined;
+  /** Ends the joins of the NICs' link pairs to their links. */
+  private readonly linkJoins: (() => void)[] = [];
   private readonly calls = new Map<number, Pending>();
   private nextId = 1;
   private nextBatch = 1;
@@ -388,6 +407,7 @@ export class RemoteMachineHandle implements MachineHandle, VsockBridgeHandle {
   /** @internal Ends a child that failed to start; resolves once its jail is removed. */
   async abort(): Promise<void> {
     this.jp.kill();
+    for (const end of this.linkJoins.splice(0)) end();
     await this.vsock?.stopUds();
     await this.jp.cleanup();
   }
@@ -537,6 +557,7 @@ export class RemoteMachineHandle implements MachineHandle, VsockBridgeHandle {
         else p.reject(new JailError('CHILD_EXITED', `the VM ended (${info.reason}) before ${p.op} completed`));
       }
       await this.vsock?.stopUds();
+      for (const end of this.linkJoins.splice(0)) end();
       const left = await this.jp.cleanup();
       if (left.length > 0) info = { ...info, closeErrors: [...(info.closeErrors ?? []), ...left.map((l) => ({ id: 'jail', error: `not removed: ${l}` }))] };
       this.exitInfo = info;
@@ -678,6 +699,18 @@ export class RemoteMachineHandle implements MachineHandle, VsockBridgeHandle {
   /** The child's metadata (after a restore: the snapshot's), unchecked: the caller's store checks it. */
   async getMetadata(): Promise<unknown> {
     return this.call('mmdsGet');
+  }
+
+  /** @internal Joins each link pair's end of this process to its NIC's link object. */
+  attachLinks(resources: PassedResource[], links: ReadonlyMap<string, FrameSwitch | Duplex> | undefined): void {
+    for (const r of resources) {
+      if (r.meta.kind !== 'link' || r.peer === undefined) continue;
+      const link = links?.get(r.meta.path);
+      const fd = r.peer;
+      r.peer = undefined;
+      if (link) this.linkJoins.push(joinLink(link, new FramedLink(bridgeSocket(fd))));
+      else this.opts.addon.closeFd(fd);
+    }
   }
 
   async deviceStats(id: string): Promise<unknown> {

@@ -296,14 +296,13 @@ export class MicroVM extends EventEmitter<MicroVMEvents> {
    * in-process link (`{ link: new VirtualSwitch() }` or any objectMode Duplex of Ethernet frames).
    * NICs are announced after the drives, in the order added (`eth0`, `eth1`… in a Linux guest).
    * @throws ConfigError INVALID_NIC / INVALID_MAC / TAP_NOT_FOUND / DUPLICATE_ID /
-   *   INVALID_RATE_LIMITER / UNKNOWN_OPTION / TOO_MANY_DEVICES / INVALID_CMDLINE; INVALID_JAIL (a link for a jailed VM)
+   *   INVALID_RATE_LIMITER / UNKNOWN_OPTION / TOO_MANY_DEVICES / INVALID_CMDLINE
    */
   nic(id: string, options: NicOptions): this {
     this.configurable();
     const config = checkNicOptions(id, options, this.config.devices.filter((d) => d.kind === netDeviceKind.kind).map((d) => d.id));
     this.checkDeviceId(config.id);
     const b = config.backend;
-    if (this.jailConfig && b.kind !== 'tap') throw new ConfigError('INVALID_JAIL', `nic ${id}: only TAP backends can run in a jailed child (a link is an object of this process)`);
     // A jailed VM's TAP lives in the jail's network namespace, where start() opens it.
     if (b.kind === 'tap' && this.jailConfig?.netns === undefined && !fs.existsSync(`/sys/class/net/${b.name}/tun_flags`)) {
       throw new ConfigError('TAP_NOT_FOUND', `nic ${id}: there is no TAP interface ${b.name} (create it first, e.g. ip tuntap add ${b.name} mode tap)`);
@@ -615,7 +614,7 @@ export class MicroVM extends EventEmitter<MicroVMEvents> {
       else if (this.jailConfig) {
         const prepared = this.preparing ? await this.preparing : undefined;
         this.handle = await startJailedMachine(this.config, {
-          addon, addonPath: loadedAddonPath(), events, jail: this.jailConfig, prepared, vsock: this.remoteVsock, mmds: this.mmdsStore,
+          addon, addonPath: loadedAddonPath(), events, jail: this.jailConfig, prepared, vsock: this.remoteVsock, mmds: this.mmdsStore, links: this.links,
         });
         // Changes made while the child was starting.
         this.pushMetadata();
@@ -734,7 +733,7 @@ export class MicroVM extends EventEmitter<MicroVMEvents> {
     const jail = vm.jailConfig;
     vm.starting = vm.doStart(
       (events, addon) => (jail
-        ? restoreJailedMachine(snap, vm.config, { addon, addonPath: loadedAddonPath(), events, jail, memory, paused, vsock: vm.remoteVsock })
+        ? restoreJailedMachine(snap, vm.config, { addon, addonPath: loadedAddonPath(), events, jail, memory, paused, vsock: vm.remoteVsock, links: vm.links })
         : restoreMachine(snap, vm.config, { addon, events, customDevices: vm.customDevices, mmds: vm.mmdsStore, links: vm.links, memory, paused })),
       paused,
     );
