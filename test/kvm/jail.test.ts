@@ -449,7 +449,10 @@ describeJail('jailed VMs', () => {
   });
 
   it('takes a snapshot inside the jail into the caller\'s directory, and restores it jailed and in-process', async () => {
-    const vm = new MicroVM({ id: id('snap'), jail: jail() }).memory(32).trackDirtyPages().kernel(guest('counter'), { cmdline: 'console=ttyS0 count=100000' });
+    // With a vsock device, a NIC on a link and metadata: their state goes into the snapshot too.
+    const vm = new MicroVM({ id: id('snap'), jail: jail() }).memory(32).trackDirtyPages().kernel(guest('counter'), { cmdline: 'console=ttyS0 count=100000' })
+      .vsock({ guestCid: 3 }).nic('eth0', { link: new VirtualSwitch() }).mmds({ nics: ['eth0'] });
+    vm.setMetadata({ fn: { id: 'snap' } });
     let out = '';
     vm.on('serial', (c) => { out += c.toString('latin1'); });
     await vm.start();
@@ -480,7 +483,9 @@ describeJail('jailed VMs', () => {
     await vm.stop();
     expectCleanedUp(vm.id);
     for (const jailed of [true, false]) {
-      const r = await MicroVM.restore(dir, { id: id('restored'), ...(jailed ? { jail: jail() } : {}) });
+      const r = await MicroVM.restore(dir, { id: id('restored'), nics: { eth0: { link: new VirtualSwitch() } }, ...(jailed ? { jail: jail() } : {}) });
+      expect(r.getMetadata()).toEqual({ fn: { id: 'snap' } });
+      r.vsockListen(5000, () => undefined).close();
       let o2 = '';
       r.on('serial', (c) => { o2 += c.toString('latin1'); });
       while (!/count=\d+ /.test(o2)) await new Promise((res) => setTimeout(res, 20));
