@@ -731,6 +731,15 @@ export class MicroVM extends EventEmitter<MicroVMEvents> {
     vm.stateValue = 'starting';
     vm.rebuildServices();
     const jail = vm.jailConfig;
+    const store = vm.mmdsStore;
+    if (jail && store) {
+      // The child restores its copy of the metadata from the snapshot; this process's store, the
+      // one the API reads, takes the same saved data here (the child's restore checks it too).
+      const saved = snap.state.devices.find((d) => d.kind === store.kind && d.id === store.id);
+      try {
+        if (saved) store.restoreState(saved.state);
+      } catch { /* the child's restore refuses the same state, with its error */ }
+    }
     vm.starting = vm.doStart(
       (events, addon) => (jail
         ? restoreJailedMachine(snap, vm.config, { addon, addonPath: loadedAddonPath(), events, jail, memory, paused, vsock: vm.remoteVsock, links: vm.links })
@@ -738,12 +747,6 @@ export class MicroVM extends EventEmitter<MicroVMEvents> {
       paused,
     );
     await vm.starting;
-    if (vm.handle instanceof RemoteMachineHandle && vm.mmdsStore) {
-      // The child restored the snapshot's metadata: this process's store takes it (checked as any input).
-      try {
-        vm.mmdsStore.set(await vm.handle.getMetadata());
-      } catch { /* the child's copy is what the guest reads; ours stays empty */ }
-    }
     return { vm, resume };
   }
 

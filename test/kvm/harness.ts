@@ -4,6 +4,8 @@
  */
 import * as path from 'path';
 import * as fs from 'fs';
+import type { Duplex } from 'stream';
+import * as net from 'net';
 import { MicroVM } from '../../lib/vm/microvm';
 import type { ExitInfo } from '../../lib/vm/machine';
 import { isKvmAvailable } from '../../lib/native/binding';
@@ -87,4 +89,75 @@ export async function runVm(vm: MicroVM, opts: { input?: string[]; timeoutMs?: n
   const info = await vm.wait();
   clearTimeout(timer);
   return { vm, info, output, ...parseKt(output) };
+}
+
+/** A VM's serial output as it comes, and a way to wait for a piece of it. */
+export interface SerialCollector {
+  /** Everything so far (latin1). */
+  text(): string;
+  /** Resolves once the output contains `s`; rejects after `ms` with the output so far. */
+  waitFor(s: string, ms?: number): Promise<void>;
+}
+
+/** Collects `vm`'s serial output from now on. */
+export function collectSerial(vm: MicroVM): SerialCollector {
+  let out = '';
+  const waiters: { s: string; resolve: () => void }[] = [];
+  vm.on('serial', (c) => {
+    out += c.toString('latin1');
+    for (const w of waiters.splice(0)) {
+      if (out.includes(w.s)) w.resolve();
+      else waiters.push(w);
+    }
+  });
+  return {
+    text: () => out,
+    waitFor: (s, ms = 60_000) => new Promise((resolve, reject) => {
+      if (out.includes(s)) return resolve();
+      const t = setTimeout(() => reject(new Error(`no "${s}" in ${ms} ms; output:\n${out}`)), ms);
+      waiters.push({ s, resolve: () => { clearTimeout(t); resolve(); } });
+    }),
+  };
+}
+
+/**
+ * What vsock.elf's host-port connection expects of the host: read until the guest half-closes,
+ * then answer and close (the guest prints the answer as `vsock host_said`).
+ */
+export function answerVsockGuest(s: Duplex): void {
+  let got = '';
+  s.on('data', (d: Buffer) => { got += d.toString(); });
+  s.on('end', () => s.end(`hello from the host (you said ${got.trim()})`));
+}
+
+/**
+ * One invoke request written by hand on a raw stream (docs/invoke-protocol.md: "KI", version 1,
+ * kind 1 = JSON request, id, length, body); resolves with the JSON of the answer and its id.
+ */
+export async function invokeByHand(sock: Duplex, id: number, body: unknown): Promise<{ id: number; value: unknown }> {
+  const json = Buffer.from(JSON.stringify(body));
+  const hdr = Buffer.alloc(12);
+  hdr.write('KI', 0, 'latin1');
+  hdr[2] = 1;
+  hdr[3] = 1;
+  hdr.writeUInt32LE(id, 4);
+  hdr.writeUInt32LE(json.length, 8);
+  sock.write(Buffer.concat([hdr, json]));
+  const reply = await new Promise<Buffer>((resolve) => {
+    let acc = Buffer.alloc(0);
+    sock.on('data', (d: Buffer) => {
+      acc = Buffer.concat([acc, d]);
+      if (acc.length >= 12 && acc.length >= 12 + acc.readUInt32LE(8)) resolve(acc);
+    });
+  });
+  return { id: reply.readUInt32LE(4), value: JSON.parse(reply.subarray(12, 12 + reply.readUInt32LE(8)).toString()) };
+}
+
+/** Connects to a vsock device's Unix socket and asks for guest `port` (`CONNECT <port>`); resolves with the socket and the answer line. */
+export async function connectThroughUds(udsPath: string, port: number): Promise<{ sock: net.Socket; answer: string }> {
+  const sock = net.connect(udsPath);
+  await new Promise<void>((r) => sock.once('connect', () => r()));
+  sock.write(`CONNECT ${port}\n`);
+  const answer = await new Promise<string>((r) => sock.once('data', (d: Buffer) => r(d.toString())));
+  return { sock, answer };
 }

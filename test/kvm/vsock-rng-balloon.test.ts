@@ -3,32 +3,11 @@
  * freestanding guest through the real transport on KVM.
  */
 import * as fs from 'fs';
-import * as net from 'net';
 import * as os from 'os';
 import * as path from 'path';
 import { MicroVM, InvokeError } from 'kindling';
-import { describeKvm, guest, parseKt } from './harness';
+import { answerVsockGuest, collectSerial, connectThroughUds, describeKvm, guest, invokeByHand, parseKt } from './harness';
 import { removeSocketDirs, socketDir } from '../unit/helpers/socket-dir';
-
-function collect(vm: MicroVM): { text: () => string; waitFor: (s: string, ms?: number) => Promise<void> } {
-  let out = '';
-  const waiters: { s: string; resolve: () => void }[] = [];
-  vm.on('serial', (c) => {
-    out += c.toString('latin1');
-    for (const w of waiters.splice(0)) {
-      if (out.includes(w.s)) w.resolve();
-      else waiters.push(w);
-    }
-  });
-  return {
-    text: () => out,
-    waitFor: (s, ms = 60_000) => new Promise((resolve, reject) => {
-      if (out.includes(s)) return resolve();
-      const t = setTimeout(() => reject(new Error(`no "${s}" in ${ms} ms; output:\n${out}`)), ms);
-      waiters.push({ s, resolve: () => { clearTimeout(t); resolve(); } });
-    }),
-  };
-}
 
 async function end(vm: MicroVM): Promise<string> {
   const timer = setTimeout(() => void vm.stop(), 60_000);
@@ -47,12 +26,8 @@ describeKvm('vsock, entropy and balloon on KVM', () => {
   it('vsock: a guest connection half-closed both ways, then invoke() against the guest agent', async () => {
     const vm = new MicroVM().memory(32).kernel(guest('vsock')).vsock({ guestCid: 3 });
     // Registered before start: the guest connects in its first milliseconds.
-    const srv = vm.vsockListen(7000, (s) => {
-      let got = '';
-      s.on('data', (d: Buffer) => { got += d.toString(); });
-      s.on('end', () => s.end(`hello from the host (you said ${got.trim()})`));
-    });
-    const out = collect(vm);
+    const srv = vm.vsockListen(7000, answerVsockGuest);
+    const out = collectSerial(vm);
     await vm.start();
     await out.waitFor('KT: vsock listening=1024');
     expect(await vm.invoke({ n: 1, s: 'x' })).toEqual({ n: 1, s: 'x' });
@@ -75,32 +50,12 @@ describeKvm('vsock, entropy and balloon on KVM', () => {
   it('vsock: a program written for Firecracker reaches the guest through the Unix socket (CONNECT <port>)', async () => {
     const uds = path.join(socketDir(tmp), 'v.sock');
     const vm = new MicroVM().memory(32).kernel(guest('vsock'), { cmdline: 'console=ttyS0 vsock.host_port=0' }).vsock({ guestCid: 3, udsPath: uds });
-    const out = collect(vm);
+    const out = collectSerial(vm);
     await vm.start();
     await out.waitFor('KT: vsock listening=1024');
-    const sock = net.connect(uds);
-    await new Promise<void>((r) => sock.once('connect', () => r()));
-    sock.write('CONNECT 1024\n');
-    const ok = await new Promise<string>((r) => sock.once('data', (d: Buffer) => r(d.toString())));
-    expect(ok).toMatch(/^OK \d+\n$/);
-    // One invoke frame by hand (docs/invoke-protocol.md): "KI", version 1, kind 1 (JSON request), id, length.
-    const body = Buffer.from('{"via":"uds"}');
-    const hdr = Buffer.alloc(12);
-    hdr.write('KI', 0, 'latin1');
-    hdr[2] = 1;
-    hdr[3] = 1;
-    hdr.writeUInt32LE(7, 4);
-    hdr.writeUInt32LE(body.length, 8);
-    sock.write(Buffer.concat([hdr, body]));
-    const reply = await new Promise<Buffer>((r) => {
-      let acc = Buffer.alloc(0);
-      sock.on('data', (d: Buffer) => {
-        acc = Buffer.concat([acc, d]);
-        if (acc.length >= 12 && acc.length >= 12 + acc.readUInt32LE(8)) r(acc);
-      });
-    });
-    expect(reply.readUInt32LE(4)).toBe(7);
-    expect(JSON.parse(reply.subarray(12, 12 + reply.readUInt32LE(8)).toString())).toEqual({ via: 'uds' });
+    const { sock, answer } = await connectThroughUds(uds, 1024);
+    expect(answer).toMatch(/^OK \d+\n$/);
+    expect(await invokeByHand(sock, 7, { via: 'uds' })).toEqual({ id: 7, value: { via: 'uds' } });
     sock.destroy();
     await vm.invoke('quit');
     expect(await end(vm)).toBe('reset');
@@ -108,7 +63,7 @@ describeKvm('vsock, entropy and balloon on KVM', () => {
 
   it('entropy: the guest reads random bytes, at most 64 KiB per request', async () => {
     const vm = new MicroVM().memory(32).kernel(guest('rng')).entropy({ rateLimiter: { ops: { size: 4, refillTime: 100 } } });
-    const out = collect(vm);
+    const out = collectSerial(vm);
     await vm.start();
     expect(await end(vm)).toBe('reset');
     const { kv, lines } = parseKt(out.text());
@@ -123,7 +78,7 @@ describeKvm('vsock, entropy and balloon on KVM', () => {
   it('balloon: the guest inflates, host pages are released, the target changes while running', async () => {
     const vm = new MicroVM().memory(64).kernel(guest('balloon'), { cmdline: 'console=ttyS0 balloon.wait_target=1' })
       .balloon({ amountMib: 4, deflateOnOom: true, statsPollingIntervalS: 1 });
-    const out = collect(vm);
+    const out = collectSerial(vm);
     await vm.start();
     await out.waitFor('KT: balloon waiting_for_target');
     const stats = await vm.balloonStats();
