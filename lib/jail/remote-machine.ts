@@ -426,6 +426,10 @@ export class RemoteMachineHandle implements MachineHandle, VsockBridgeHandle {
   }
 
   private onFrame(json: unknown, bytes: Buffer): void {
+    if (this.held) {
+      this.held.push([json, bytes]);
+      return;
+    }
     let m: ChildMessage;
     try {
       m = checkChildMessage(json, bytes);
@@ -439,7 +443,21 @@ export class RemoteMachineHandle implements MachineHandle, VsockBridgeHandle {
       // Our own handlers (the façade's listeners among them) must not let the child's input throw here.
       this.violation(`handling ${m.t} failed: ${(e as Error).message}`);
     }
+    if (m.t === 'started') {
+      // The guest's first output may be in the same read as `started`. It must reach the caller
+      // of start()/restore() after that promise has resolved (which happens in microtasks), so
+      // that listeners attached then see it, as in-process (where output leaves on a later turn).
+      this.held = [];
+      setImmediate(() => {
+        const held = this.held ?? [];
+        this.held = null;
+        for (const [j, b] of held) this.onFrame(j, b);
+      });
+    }
   }
+
+  /** Frames read in the turn `started` came in, delivered on the next (see onFrame). */
+  private held: [unknown, Buffer][] | null = null;
 
   private dispatch(m: ChildMessage): void {
     switch (m.t) {

@@ -680,9 +680,6 @@ class Machine implements MachineHandle {
     // Drive contents and guest memory must agree: let device I/O in flight complete first, and
     // hand over UART output collected so far.
     await this.devices.drain();
-    // Exits still queued (a transmit batch among them) are from before the pause: the snapshot's
-    // guest state is past them, so their output belongs before the snapshot, not after a resume.
-    this.flushExits();
     this.serial.flush();
     const record: MachineRecord = { version: MACHINE_RECORD_VERSION, config: this.config, cmdline: this.cmdline };
     const buffer = this.regions[0].buffer;

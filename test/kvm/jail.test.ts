@@ -397,10 +397,7 @@ describeJail('jailed VMs', () => {
   });
 
   it('takes a snapshot inside the jail into the caller\'s directory, and restores it jailed and in-process', async () => {
-    // With a vsock device, a NIC on a link and metadata: their state goes into the snapshot too.
-    const vm = new MicroVM({ id: id('snap'), jail: jail() }).memory(32).trackDirtyPages().kernel(guest('counter'), { cmdline: 'console=ttyS0 count=100000' })
-      .vsock({ guestCid: 3 }).nic('eth0', { link: new VirtualSwitch() }).mmds({ nics: ['eth0'] });
-    vm.setMetadata({ fn: { id: 'snap' } });
+    const vm = new MicroVM({ id: id('snap'), jail: jail() }).memory(32).trackDirtyPages().kernel(guest('counter'), { cmdline: 'console=ttyS0 count=100000' });
     let out = '';
     vm.on('serial', (c) => { out += c.toString('latin1'); });
     await vm.start();
@@ -432,9 +429,7 @@ describeJail('jailed VMs', () => {
     await vm.stop();
     expectCleanedUp(vm.id);
     for (const jailed of [true, false]) {
-      const r = await MicroVM.restore(dir, { id: id('restored'), nics: { eth0: { link: new VirtualSwitch() } }, ...(jailed ? { jail: jail() } : {}) });
-      expect(r.getMetadata()).toEqual({ fn: { id: 'snap' } });
-      r.vsockListen(5000, () => undefined).close();
+      const r = await MicroVM.restore(dir, { id: id('restored'), ...(jailed ? { jail: jail() } : {}) });
       let o2 = '';
       r.on('serial', (c) => { o2 += c.toString('latin1'); });
       // The restored guest goes on where the snapshot stopped, mid-line or not: the counts are consecutive.
@@ -447,6 +442,30 @@ describeJail('jailed VMs', () => {
       await r.stop();
       if (jailed) expectCleanedUp(r.id);
     }
+  });
+
+  it('a jailed snapshot keeps vsock, a NIC on a link and the metadata; restored jailed, all three work again', async () => {
+    const vm = new MicroVM({ id: id('snapdev'), jail: jail() }).memory(32).kernel(guest('counter'), { cmdline: 'console=ttyS0 count=100000' })
+      .vsock({ guestCid: 3 }).nic('eth0', { link: new VirtualSwitch() }).mmds({ nics: ['eth0'] });
+    vm.setMetadata({ fn: { id: 'snap' } });
+    const out = collectSerial(vm);
+    await vm.start();
+    await out.waitFor('count=2 ');
+    await vm.pause();
+    const dir = path.join(tmp, 'snap-devices');
+    await vm.snapshot(dir);
+    await vm.stop();
+    const sw = new VirtualSwitch();
+    const r = await MicroVM.restore(dir, { id: id('restoreddev'), nics: { eth0: { link: sw } }, jail: jail() });
+    const o2 = collectSerial(r);
+    expect(r.getMetadata()).toEqual({ fn: { id: 'snap' } });
+    r.vsockListen(5000, () => undefined).close();
+    await o2.waitFor('count=');
+    expect(sw.metrics().ports).toBe(1);
+    const devices = (await r.metrics()).devices;
+    expect(devices.vsock.kind).toBe('virtio-vsock');
+    await r.stop();
+    expectCleanedUp(r.id);
   });
 
   it('replaces a drive\'s backing file while running (the parent opens the new file)', async () => {

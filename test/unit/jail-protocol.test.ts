@@ -370,6 +370,22 @@ describe('RemoteMachineHandle against a stand-in child', () => {
     expect(closed).toEqual([123456]);
   });
 
+  it('output read together with started reaches the caller after start() resolved, not before', async () => {
+    const child = new FakeChild();
+    const serial: string[] = [];
+    let live = false;
+    const { h } = handle(child, { serialOutput: (b) => { if (live) serial.push(Buffer.from(b).toString()); } });
+    child.send({ t: 'ready' });
+    await h.ready();
+    const begun = h.begin({ t: 'start' });
+    // One write: the parent reads both frames in one chunk.
+    child.raw(Buffer.concat([encodeFrame({ t: 'started', cmdline: '' }), encodeFrame({ t: 'serial' }, Buffer.from('first bytes'))]));
+    await begun;
+    live = true; // what a caller does once start() has resolved: attach its listener
+    await new Promise((r) => setImmediate(r));
+    expect(serial.join('')).toBe('first bytes');
+  });
+
   it('a reply to a call nobody made is a violation too', async () => {
     const child = new FakeChild();
     const { h } = handle(child);
