@@ -22,7 +22,8 @@ import type { Duplex } from 'stream';
 import { VsockError } from '../devices/vsock/errors';
 import type { UnixServerHandle, VsockHost } from '../devices/vsock/host';
 import { createVsockHost } from '../vm/vsock-host';
-import type { VsockConnectOptions, VsockDevice, VsockListener } from '../devices/vsock/device';
+import type { VsockConnectOptions, VsockDevice } from '../devices/vsock/device';
+import { addListener, isU32, type VsockListener } from '../devices/vsock/listeners';
 import { VSOCK_DEFAULT_CONNECT_TIMEOUT_MS } from '../devices/vsock/device';
 import { splice } from '../devices/vsock/muxer';
 
@@ -46,10 +47,6 @@ export interface VsockBridgeHandle {
 /** A socket over one end of a pair: half-open, so `end()` is a half-close as on a VsockSocket. */
 export function bridgeSocket(fd: number): net.Socket {
   return new net.Socket({ fd, readable: true, writable: true, allowHalfOpen: true });
-}
-
-function isU32(v: unknown): v is number {
-  return typeof v === 'number' && Number.isInteger(v) && v >= 0 && v <= 0xffffffff;
 }
 
 /**
@@ -124,23 +121,12 @@ export class RemoteVsock {
    * @throws VsockError BAD_PORT / BAD_CONFIG / PORT_IN_USE
    */
   listen(port: number, handler: (socket: Duplex) => void): VsockListener {
-    if (!isU32(port)) throw new VsockError('BAD_PORT', `port ${String(port)} is not a u32`);
-    if (typeof handler !== 'function') throw new VsockError('BAD_CONFIG', 'listen needs a connection handler');
-    if (this.listeners.has(port)) throw new VsockError('PORT_IN_USE', `host port ${port} already has a listener`);
-    this.listeners.set(port, handler);
+    const listener = addListener(this.listeners, port, handler, () => {
+      void this.handle?.vsockListen(port, false).catch(() => undefined);
+    });
     // A machine that ended refuses; there is nothing left to listen to then.
     void this.handle?.vsockListen(port, true).catch(() => undefined);
-    let open = true;
-    return {
-      port,
-      close: () => {
-        if (!open) return;
-        open = false;
-        if (this.listeners.get(port) !== handler) return;
-        this.listeners.delete(port);
-        void this.handle?.vsockListen(port, false).catch(() => undefined);
-      },
-    };
+    return listener;
   }
 
   /**

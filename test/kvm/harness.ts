@@ -161,3 +161,20 @@ export async function connectThroughUds(udsPath: string, port: number): Promise<
   const answer = await new Promise<string>((r) => sock.once('data', (d: Buffer) => r(d.toString())));
   return { sock, answer };
 }
+
+/**
+ * Starts vsock.elf on `vm` (which has a vsock device) with a host listener on port 7000 that
+ * answers it, waits for its agent, and makes twelve invoke() calls (JSON, bytes, ten in a row on
+ * one reused connection). Resolves with the output collector and the listener.
+ */
+export async function startVsockGuestAndInvoke(vm: MicroVM): Promise<{ out: SerialCollector; srv: { close(): void } }> {
+  // Registered before start: the guest connects in its first milliseconds.
+  const srv = vm.vsockListen(7000, answerVsockGuest);
+  const out = collectSerial(vm);
+  await vm.start();
+  await out.waitFor('KT: vsock listening=1024');
+  expect(await vm.invoke({ n: 1, s: 'x' })).toEqual({ n: 1, s: 'x' });
+  expect((await vm.invoke(Buffer.from('bytes!'))) as Buffer).toEqual(Buffer.from('bytes!'));
+  for (let i = 0; i < 10; i++) expect(await vm.invoke({ i })).toEqual({ i });
+  return { out, srv };
+}

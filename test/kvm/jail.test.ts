@@ -15,7 +15,7 @@ import type { RemoteMachineHandle } from '../../lib/jail/remote-machine';
 import { jailContents } from '../../lib/jail/contents';
 import { hostCgroups } from '../../lib/jail/cgroup';
 import { loadedAddonPath } from '../../lib/native/binding';
-import { answerVsockGuest, collectSerial, connectThroughUds, guest, invokeByHand, parseKt, runVm, type GuestRun } from './harness';
+import { answerVsockGuest, collectSerial, connectThroughUds, guest, invokeByHand, parseKt, runVm, startVsockGuestAndInvoke, type GuestRun } from './harness';
 import { JAIL_GID, JAIL_UID, chrootBase, describeJail, ensureJailCode } from './jail-harness';
 import { NetnsTap } from '../unit/helpers/netns';
 import { removeSocketDirs, socketDir } from '../unit/helpers/socket-dir';
@@ -127,14 +127,8 @@ describeJail('jailed VMs', () => {
 
   it('vsock jailed: a guest connection to a host listener half-closed both ways, invoke(), vsockConnect errors, as in-process', async () => {
     const vm = new MicroVM({ id: id('vsock'), jail: jail() }).memory(32).kernel(guest('vsock')).vsock({ guestCid: 3 });
-    const srv = vm.vsockListen(7000, answerVsockGuest);
+    const { out, srv } = await startVsockGuestAndInvoke(vm);
     expect(() => vm.vsockListen(7000, () => undefined)).toThrow(expect.objectContaining({ code: 'PORT_IN_USE' }));
-    const out = collectSerial(vm);
-    await vm.start();
-    await out.waitFor('KT: vsock listening=1024');
-    expect(await vm.invoke({ n: 1, s: 'x' })).toEqual({ n: 1, s: 'x' });
-    expect((await vm.invoke(Buffer.from('bytes!'))) as Buffer).toEqual(Buffer.from('bytes!'));
-    for (let i = 0; i < 10; i++) expect(await vm.invoke({ i })).toEqual({ i });
     // As large as the test agent takes (its limit is below 5000 bytes).
     const big = Buffer.from(Array.from({ length: 3000 }, (_v, i) => (i * 7) & 0xff));
     expect((await vm.invoke(big) as Buffer).equals(big)).toBe(true);

@@ -6,7 +6,7 @@ import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
 import { MicroVM, InvokeError } from 'kindling';
-import { answerVsockGuest, collectSerial, connectThroughUds, describeKvm, guest, invokeByHand, parseKt } from './harness';
+import { collectSerial, startVsockGuestAndInvoke, connectThroughUds, describeKvm, guest, invokeByHand, parseKt } from './harness';
 import { removeSocketDirs, socketDir } from '../unit/helpers/socket-dir';
 
 async function end(vm: MicroVM): Promise<string> {
@@ -25,15 +25,7 @@ describeKvm('vsock, entropy and balloon on KVM', () => {
 
   it('vsock: a guest connection half-closed both ways, then invoke() against the guest agent', async () => {
     const vm = new MicroVM().memory(32).kernel(guest('vsock')).vsock({ guestCid: 3 });
-    // Registered before start: the guest connects in its first milliseconds.
-    const srv = vm.vsockListen(7000, answerVsockGuest);
-    const out = collectSerial(vm);
-    await vm.start();
-    await out.waitFor('KT: vsock listening=1024');
-    expect(await vm.invoke({ n: 1, s: 'x' })).toEqual({ n: 1, s: 'x' });
-    expect((await vm.invoke(Buffer.from('bytes!'))) as Buffer).toEqual(Buffer.from('bytes!'));
-    // Connections are reused: ten more calls in a row.
-    for (let i = 0; i < 10; i++) expect(await vm.invoke({ i })).toEqual({ i });
+    const { out, srv } = await startVsockGuestAndInvoke(vm);
     await expect(vm.invoke(Buffer.alloc(5000))).rejects.toBeInstanceOf(InvokeError);
     await expect(vm.invoke({}, { port: 4444, timeoutMs: 5000 })).rejects.toMatchObject({ code: 'CONNECT_FAILED' });
     await expect(vm.vsockConnect(4444)).rejects.toMatchObject({ name: 'VsockError' });

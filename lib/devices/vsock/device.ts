@@ -55,6 +55,7 @@ import {
   VSOCK_RX_QUEUE,
   VSOCK_TX_QUEUE,
 } from './constants';
+import { addListener, isU32, type VsockListener } from './listeners';
 import { VsockError } from './errors';
 import type { VsockHost } from './host';
 import { UdsMuxer, splice } from './muxer';
@@ -151,13 +152,7 @@ export interface VsockConnectOptions {
 /** Called with each accepted guest connection. */
 export type VsockConnectionHandler = (socket: VsockSocket) => void;
 
-/** A registered vsock listener (`vm.vsockListen()`); `close()` stops listening. */
-export interface VsockListener {
-  /** The host port listened on. */
-  readonly port: number;
-  /** Stops accepting (open connections stay open). Idempotent. */
-  close(): void;
-}
+export type { VsockListener } from './listeners';
 
 /** Construction parameters of a {@link VsockDevice}. */
 export interface VsockDeviceConfig extends VsockConfig {
@@ -178,10 +173,6 @@ interface OrphanRst {
   srcCid: number;
   srcPort: number;
   dstPort: number;
-}
-
-function isU32(v: unknown): v is number {
-  return typeof v === 'number' && Number.isInteger(v) && v >= 0 && v <= 0xffffffff;
 }
 
 const ORIGINS: readonly ConnectionOrigin[] = ['host', 'uds', 'guest', 'guest-uds'];
@@ -305,20 +296,8 @@ export class VsockDevice implements VirtioDevice<VsockMetrics>, ConnectionOwner 
    * @throws VsockError BAD_PORT, PORT_IN_USE, CLOSED
    */
   listen(port: number, handler: VsockConnectionHandler): VsockListener {
-    if (!isU32(port)) throw new VsockError('BAD_PORT', `port ${String(port)} is not a u32`);
-    if (typeof handler !== 'function') throw new VsockError('BAD_CONFIG', 'listen needs a connection handler');
     if (this.closed) throw new VsockError('CLOSED', 'vsock device is closed');
-    if (this.listeners.has(port)) throw new VsockError('PORT_IN_USE', `host port ${port} already has a listener`);
-    this.listeners.set(port, handler);
-    let open = true;
-    return {
-      port,
-      close: () => {
-        if (!open) return;
-        open = false;
-        if (this.listeners.get(port) === handler) this.listeners.delete(port);
-      },
-    };
+    return addListener(this.listeners, port, handler);
   }
 
   /**
