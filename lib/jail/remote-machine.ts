@@ -409,6 +409,7 @@ export class RemoteMachineHandle implements MachineHandle, VsockBridgeHandle {
     this.jp.kill();
     for (const end of this.linkJoins.splice(0)) end();
     await this.vsock?.stopUds();
+    this.vsock?.closeAll();
     await this.jp.cleanup();
   }
 
@@ -575,6 +576,7 @@ export class RemoteMachineHandle implements MachineHandle, VsockBridgeHandle {
         else p.reject(new JailError('CHILD_EXITED', `the VM ended (${info.reason}) before ${p.op} completed`));
       }
       await this.vsock?.stopUds();
+      this.vsock?.closeAll();
       for (const end of this.linkJoins.splice(0)) end();
       const left = await this.jp.cleanup();
       if (left.length > 0) info = { ...info, closeErrors: [...(info.closeErrors ?? []), ...left.map((l) => ({ id: 'jail', error: `not removed: ${l}` }))] };

@@ -57,6 +57,8 @@ export class RemoteVsock {
   private readonly listeners = new Map<number, (socket: Duplex) => void>();
   private handle: VsockBridgeHandle | undefined;
   private open = 0;
+  /** The connections open now (host ends, and clients of udsPath and of its forwards). */
+  private readonly sockets = new Set<Duplex>();
   private server: UnixServerHandle | null = null;
 
   /**
@@ -96,14 +98,15 @@ export class RemoteVsock {
   async udsConnect(port: number): Promise<Duplex | null> {
     if (this.udsPath === undefined || !isU32(port) || this.open >= MAX_BRIDGED_CONNECTIONS) return null;
     this.open++;
+    let client: Duplex;
     try {
-      const client = await this.host.connectUnix(`${this.udsPath}_${port}`);
-      client.once('close', () => { this.open--; });
-      return client;
+      client = await this.host.connectUnix(`${this.udsPath}_${port}`);
     } catch {
       this.open--;
       return null;
     }
+    this.open--;
+    return this.track(client);
   }
 
   /** The ports listened on now (sent with the start message, so a guest's first connect finds them). */
@@ -161,8 +164,21 @@ export class RemoteVsock {
 
   private track<T extends Duplex>(socket: T): T {
     this.open++;
-    socket.once('close', () => { this.open--; });
+    this.sockets.add(socket);
+    socket.once('close', () => {
+      this.open--;
+      this.sockets.delete(socket);
+    });
     return socket;
+  }
+
+  /**
+   * @internal The VM ended: its connections end with it, as an in-process device's do. (The
+   * child's ends are gone, but a half-open socket here would only see end of stream and stay
+   * open for writing, keeping this process alive.)
+   */
+  closeAll(): void {
+    for (const socket of [...this.sockets]) socket.destroy();
   }
 }
 

@@ -133,8 +133,12 @@ describeJail('jailed VMs', () => {
     const big = Buffer.from(Array.from({ length: 3000 }, (_v, i) => (i * 7) & 0xff));
     expect((await vm.invoke(big) as Buffer).equals(big)).toBe(true);
     await expect(vm.vsockConnect(4444)).rejects.toMatchObject({ name: 'VsockError', code: 'CONNECTION_REFUSED' });
+    // A connection still open when the VM ends is closed with it (not left half-open).
+    const held = await vm.vsockConnect(1024);
+    const heldClosed = new Promise<void>((resolve) => held.once('close', () => resolve()));
     await vm.invoke('quit');
     expect((await vm.wait()).reason).toBe('reset');
+    await heldClosed;
     srv.close();
     const { kv } = parseKt(out.text());
     expect(kv.get('vsock connect')).toBe('ok');

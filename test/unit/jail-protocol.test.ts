@@ -384,6 +384,9 @@ describe('RemoteMachineHandle against a stand-in child', () => {
     live = true; // what a caller does once start() has resolved: attach its listener
     await new Promise((r) => setImmediate(r));
     expect(serial.join('')).toBe('first bytes');
+    child.send({ t: 'exited', info: { reason: 'stopped' } });
+    child.die({ code: 0, signal: null });
+    await h.exited;
   });
 
   it('a reply to a call nobody made is a violation too', async () => {
