@@ -339,54 +339,14 @@ ThreadStartFailure AwaitThreadStart(ThreadStart& start) {
   return start.failure;
 }
 
-void VmCore::StartThread(VcpuCore& v, std::function<void()> body) {
-  if (!v.seccomp.empty()) {
-    const int err = InstallSigsysReporter();
-    if (err != 0) throw ThreadStartFailure{"sigaction(SIGSYS)", err};
-  }
-  {
-    std::lock_guard<std::mutex> lk(mu_);
-    v.state = VcpuState::kRunning;
-  }
-  auto start = std::make_shared<ThreadStart>();
-  try {
-    std::lock_guard<std::mutex> jl(joinMu_);
-    v.thread = std::thread(ThreadMain, &v, std::move(body), start, false);
-  } catch (const std::system_error& e) {
-    std::lock_guard<std::mutex> lk(mu_);
-    v.state = VcpuState::kIdle;
-    throw ThreadStartFailure{"pthread_create", e.code().value()};
-  }
-  const ThreadStartFailure failure = AwaitThreadStart(*start);
-  if (failure.op != nullptr) {
-    {
-      std::lock_guard<std::mutex> jl(joinMu_);
-      v.thread.join();
-    }
-    std::lock_guard<std::mutex> lk(mu_);
-    v.state = VcpuState::kIdle;
-    throw failure;
-  }
-  v.started = true;
+void VmCore::EnsureSigsysReporter(const VcpuCore& v) {
+  if (v.seccomp.empty()) return;
+  const int err = InstallSigsysReporter();
+  if (err != 0) throw ThreadStartFailure{"sigaction(SIGSYS)", err};
 }
 
-void VmCore::ReleaseThread(VcpuCore& v) {
-  if (!v.seccomp.empty()) {
-    const int err = InstallSigsysReporter();
-    if (err != 0) throw ThreadStartFailure{"sigaction(SIGSYS)", err};
-  }
-  {
-    std::lock_guard<std::mutex> lk(mu_);
-    v.state = VcpuState::kRunning;
-  }
-  auto start = std::make_shared<ThreadStart>();
-  {
-    std::lock_guard<std::mutex> g(v.gateMu);
-    v.gateStart = start;
-    v.gate = VcpuCore::kGateOpen;
-  }
-  v.gateCv.notify_one();
-  const ThreadStartFailure failure = AwaitThreadStart(*start);
+void VmCore::AwaitStarted(VcpuCore& v, ThreadStart& start) {
+  const ThreadStartFailure failure = AwaitThreadStart(start);
   if (failure.op != nullptr) {
     // The thread has ended without running the guest; a later start() makes a new one.
     {
@@ -401,11 +361,42 @@ void VmCore::ReleaseThread(VcpuCore& v) {
   v.started = true;
 }
 
-std::shared_ptr<ThreadStart> VmCore::PrepareThread(VcpuCore& v) {
-  if (!v.seccomp.empty()) {
-    const int err = InstallSigsysReporter();
-    if (err != 0) throw ThreadStartFailure{"sigaction(SIGSYS)", err};
+void VmCore::StartThread(VcpuCore& v, std::function<void()> body) {
+  EnsureSigsysReporter(v);
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    v.state = VcpuState::kRunning;
   }
+  auto start = std::make_shared<ThreadStart>();
+  try {
+    std::lock_guard<std::mutex> jl(joinMu_);
+    v.thread = std::thread(ThreadMain, &v, std::move(body), start, false);
+  } catch (const std::system_error& e) {
+    std::lock_guard<std::mutex> lk(mu_);
+    v.state = VcpuState::kIdle;
+    throw ThreadStartFailure{"pthread_create", e.code().value()};
+  }
+  AwaitStarted(v, *start);
+}
+
+void VmCore::ReleaseThread(VcpuCore& v) {
+  EnsureSigsysReporter(v);
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    v.state = VcpuState::kRunning;
+  }
+  auto start = std::make_shared<ThreadStart>();
+  {
+    std::lock_guard<std::mutex> g(v.gateMu);
+    v.gateStart = start;
+    v.gate = VcpuCore::kGateOpen;
+  }
+  v.gateCv.notify_one();
+  AwaitStarted(v, *start);
+}
+
+std::shared_ptr<ThreadStart> VmCore::PrepareThread(VcpuCore& v) {
+  EnsureSigsysReporter(v);
   auto start = std::make_shared<ThreadStart>();
   {
     std::lock_guard<std::mutex> g(v.gateMu);

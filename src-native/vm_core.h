@@ -303,6 +303,13 @@ class VmCore {
   void CloseFds();
 
  private:
+  /** A filtered thread reports refused calls through the SIGSYS reporter: installs it (once). */
+  static void EnsureSigsysReporter(const VcpuCore& v);
+  /**
+   * Waits for `v`'s new thread to finish its prologue; if it failed, joins the ended thread,
+   * puts `v` back to idle and throws what it reported.
+   */
+  void AwaitStarted(VcpuCore& v, ThreadStart& start);
   /**
    * Queues `r` and decides how the JS thread learns of it; returns the TSFN to call (after
    * unlocking: the call takes the TSFN's own lock and writes to an eventfd) and with which data,
