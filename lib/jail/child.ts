@@ -98,7 +98,8 @@ export class PassedResources implements HostResources {
     this.table.clear();
   }
 
-  private close(fd: number): void {
+  /** Closes a descriptor (one nobody takes, or a taken one that found no use); never throws. */
+  close(fd: number): void {
     try { this.addon.closeFd(fd); } catch { /* already closed */ }
   }
 
@@ -145,9 +146,7 @@ export function runChild(): void {
   let vsockHost: ChildVsockHost | undefined;
   let mmds: MmdsStore | undefined;
   let ending = false;
-  const closeFd = (fd: number) => {
-    try { addon.closeFd(fd); } catch { /* already closed */ }
-  };
+  const closeFd = (fd: number) => resources.close(fd);
   const send = (m: object, bytes?: Uint8Array) => {
     if (!control.destroyed) control.write(encodeFrame(m, bytes));
   };
